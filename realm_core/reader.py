@@ -1,0 +1,140 @@
+"""REALM's span reader (Guu et al. 2020 §3.4; HF ``RealmReader`` and ``RealmReaderProjection``).
+
+Every span of up to ``max_span_width`` wordpieces inside the block part of ``[CLS] q [SEP] block [SEP]``
+is scored from a start and an end representation; the relevance score of the block is added; the best
+(block, span) wins. Parameter names follow the HF checkpoint keys ``reader.realm.*`` and
+``reader.qa_outputs.*``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from realm_core.bert import BertConfig, BertModel
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    bert: BertConfig
+    span_hidden_size: int = 256  # REALM / HF RealmConfig.span_hidden_size
+    max_span_width: int = 10  # wordpieces
+    reader_layer_norm_eps: float = 1e-3  # HF RealmConfig.reader_layer_norm_eps, not BERT's 1e-12
+    # Multiplies the relevance score before it is added to span scores. REALM adds the raw inner
+    # product (1.0); cosine-scored embedders such as MiniLM need a larger weight to matter.
+    relevance_scale: float = 1.0
+
+
+def span_candidates(seq_len: int, max_span_width: int, device: torch.device | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """All spans of width 1..max_span_width in width-major order (HF ``RealmReader.span_candidates``).
+
+    Returns:
+        starts, ends: (num_spans,) int64 token positions, end inclusive; num_spans = Σ_w (seq_len − w + 1).
+    """
+    widths = range(1, min(max_span_width, seq_len) + 1)
+    starts = torch.cat([torch.arange(0, seq_len - w + 1, device=device) for w in widths])
+    ends = torch.cat([torch.arange(w - 1, seq_len, device=device) for w in widths])
+    return starts, ends
+
+
+class ReaderProjection(nn.Module):
+    """Start/end projections → span score (HF ``RealmReaderProjection``)."""
+
+    def __init__(self, config: ReaderConfig) -> None:
+        super().__init__()
+        self.dense_intermediate = nn.Linear(config.bert.hidden_size, config.span_hidden_size * 2)
+        self.dense_output = nn.Linear(config.span_hidden_size, 1)
+        self.layer_normalization = nn.LayerNorm(config.span_hidden_size, eps=config.reader_layer_norm_eps)
+
+    def forward(self, hidden: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """hidden: (batch, seq_len, hidden); starts, ends: (num_spans,) → (batch, num_spans) span scores.
+
+        score = Linear(LayerNorm(relu(start_proj[start] + end_proj[end]))) as in HF
+        ``RealmReaderProjection.forward``.
+        """
+        start_proj, end_proj = self.dense_intermediate(hidden).chunk(2, dim=-1)  # (B, T, S) each
+        x = F.relu(start_proj[:, starts] + end_proj[:, ends])  # (B, C, S)
+        return self.dense_output(self.layer_normalization(x)).squeeze(-1)  # (B, C)
+
+
+class SpanReader(nn.Module):
+    """BERT + span head. ``forward`` gives masked span logits with the relevance score added."""
+
+    def __init__(self, config: ReaderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.realm = BertModel(config.bert)
+        self.qa_outputs = ReaderProjection(config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        block_mask: torch.Tensor,
+        relevance_score: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Score every span of every row.
+
+        Args:
+            input_ids, attention_mask, token_type_ids: (rows, seq_len), rows = questions × reader beam.
+            block_mask: (rows, seq_len) bool, True on block wordpieces.
+            relevance_score: (rows,) relevance score of each row's block, or None for none.
+
+        Returns:
+            logits: (rows, num_spans) span score + relevance_scale × relevance score; spans not wholly
+                inside the block get ``finfo.min`` added (HF ``mask_to_score``).
+            starts, ends: (num_spans,) token positions of each span, end inclusive.
+        """
+        hidden = self.realm(input_ids, attention_mask, token_type_ids)  # (R, T, H)
+        starts, ends = span_candidates(input_ids.shape[1], self.config.max_span_width, input_ids.device)
+        logits = self.qa_outputs(hidden, starts, ends)  # (R, C)
+        span_mask = (block_mask[:, starts] & block_mask[:, ends]).to(logits.dtype)  # (R, C)
+        logits = logits + (1.0 - span_mask) * torch.finfo(logits.dtype).min
+        if relevance_score is not None:
+            logits = logits + self.config.relevance_scale * relevance_score[:, None].to(logits.dtype)
+        return logits, starts, ends
+
+
+def select_spans(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick the answer of each question from its reader beam (HF ``RealmForOpenQA.forward``).
+
+    The reference takes two separate argmaxes: the block whose best span is best, and the span index
+    whose best score over blocks is best. They agree with the global argmax except on exact ties, where
+    each takes the first maximum; this function reproduces that rule.
+
+    Args:
+        logits: (questions, reader_beam, num_spans).
+
+    Returns:
+        block_idx, span_idx: (questions,) int64.
+    """
+    block_idx = logits.max(dim=2).values.argmax(dim=1)
+    span_idx = logits.max(dim=1).values.argmax(dim=1)
+    return block_idx, span_idx
+
+
+def marginal_log_likelihood(logits: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """Negative marginal log-likelihood of the correct spans (REALM §3.4, HF ``marginal_log_loss``).
+
+    Args:
+        logits: (questions, num_rows_spans) masked span logits, all candidates of a question flattened.
+        correct: same shape, bool, True on every span that matches a reference answer.
+
+    Returns:
+        () mean over questions that have at least one correct span.
+    """
+    mask_min = torch.finfo(logits.dtype).min
+    log_num = torch.logsumexp(logits + (~correct).to(logits.dtype) * mask_min, dim=-1)
+    log_den = torch.logsumexp(logits, dim=-1)
+    has = correct.any(dim=-1)
+    return (log_den - log_num)[has].mean()
+
+
+def reader_config_from_dict(d: dict) -> ReaderConfig:  # type: ignore[type-arg]
+    """Inverse of ``dataclasses.asdict(ReaderConfig)``."""
+    return ReaderConfig(**{**d, "bert": BertConfig.from_dict(d["bert"])})

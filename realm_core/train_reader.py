@@ -1,0 +1,326 @@
+"""Fine-tune a BERT backbone with REALM's reader head on SQuAD v1.1 (``realmqa train-reader``).
+
+Loss: negative marginal log-likelihood over every occurrence of the answer in the reader beam
+(REALM §3.4, HF ``RealmReader.forward`` loss branch): correct spans are found as HF
+``compute_correct_candidates`` does, by matching the answer's wordpiece ids inside the block. Each
+question reads its gold paragraph and ``negatives`` other paragraphs of the same article, so the
+reader learns to prefer spans in the right block. Whole articles are held out (``heldout_questions``
+questions at least) and written as SQuAD-format JSON for evaluation; no held-out paragraph is trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from realm_core.bert import BertConfig, init_weights
+from realm_core.checkpoint import load_mapped, load_safetensors, save_safetensors_atomic
+from realm_core.evaluation import exact_match, f1_score
+from realm_core.reader import ReaderConfig, SpanReader, marginal_log_likelihood, select_spans
+from realm_core.tokenizer import Pieces, WordPieceTokenizer
+
+log = logging.getLogger(__name__)
+
+
+def load_squad(path: str | Path) -> list[dict[str, Any]]:
+    """Articles of a SQuAD-format JSON file (gzip or plain)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return json.load(f)["data"]  # type: ignore[no-any-return]
+
+
+def split_heldout(
+    articles: list[dict[str, Any]], n_questions: int, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Hold out whole articles, drawn in a seeded order, until at least ``n_questions`` are held out."""
+    order = list(range(len(articles)))
+    random.Random(seed).shuffle(order)
+    held, count = set(), 0
+    for i in order:
+        if count >= n_questions:
+            break
+        held.add(i)
+        count += sum(len(p["qas"]) for p in articles[i]["paragraphs"])
+    return ([a for i, a in enumerate(articles) if i not in held], [a for i, a in enumerate(articles) if i in held])
+
+
+def find_correct_spans(block: Pieces, answers: list[Pieces], max_span_width: int) -> list[tuple[int, int]]:
+    """(start, end) block-piece indices, end inclusive, of every occurrence of any answer's ids."""
+    spans = set()
+    ids = block.ids
+    for a in answers:
+        n = len(a.ids)
+        if n == 0 or n > max_span_width:
+            continue
+        for s in range(len(ids) - n + 1):
+            if ids[s : s + n] == a.ids:
+                spans.add((s, s + n - 1))
+    return sorted(spans)
+
+
+@dataclass
+class Example:
+    question: Pieces
+    blocks: list[Pieces]  # gold first, then negatives; already cut to the reader's budget
+    correct: list[list[tuple[int, int]]]  # per block
+
+
+def window(
+    block: Pieces, spans: list[tuple[int, int]], size: int, rng: random.Random
+) -> tuple[Pieces, list[tuple[int, int]]]:
+    """A random window of ``size`` pieces holding the first correct span, and the spans inside it, shifted."""
+    if len(block.ids) <= size:
+        return block, spans
+    s, e = spans[0]
+    lo, hi = max(0, e - size + 1), min(s, len(block.ids) - size)
+    w0 = rng.randint(lo, max(lo, hi))
+    kept = [(a - w0, b - w0) for a, b in spans if a >= w0 and b < w0 + size]
+    return Pieces(block.ids[w0 : w0 + size], block.offsets[w0 : w0 + size]), kept
+
+
+def build_examples(
+    tok: WordPieceTokenizer,
+    articles: list[dict[str, Any]],
+    cfg: ReaderConfig,
+    reader_seq_len: int,
+    max_question_tokens: int,
+    negatives: int,
+    seed: int,
+    train_window: int = 0,
+) -> list[Example]:
+    """Training questions with their blocks and correct spans; ``train_window`` > 0 cuts each block to a
+    random window of that many pieces around the answer (cheaper steps on a CPU)."""
+    rng = random.Random(seed)
+    examples = []
+    for art in articles:
+        paras = art["paragraphs"]
+        ctx = tok.pieces([p["context"] for p in paras])
+        for pi, p in enumerate(paras):
+            qas = p["qas"]
+            qs = tok.pieces([qa["question"] for qa in qas])
+            ans = [tok.pieces([a["text"] for a in qa["answers"]]) for qa in qas]
+            for q, a in zip(qs, ans):
+                q = Pieces(q.ids[:max_question_tokens], q.offsets[:max_question_tokens])
+                budget = reader_seq_len - len(q.ids) - 3
+                others = [j for j in range(len(paras)) if j != pi]
+                picks = [pi] + rng.sample(others, min(negatives, len(others)))
+                blocks = [Pieces(ctx[j].ids[:budget], ctx[j].offsets[:budget]) for j in picks]
+                correct = [find_correct_spans(b, a, cfg.max_span_width) for b in blocks]
+                if train_window and correct[0]:
+                    blocks[0], correct[0] = window(blocks[0], correct[0], train_window, rng)
+                    for j in range(1, len(blocks)):
+                        blocks[j], correct[j] = (
+                            Pieces(blocks[j].ids[:train_window], blocks[j].offsets[:train_window]),
+                            [sp for sp in correct[j] if sp[1] < train_window],
+                        )
+                if correct[0]:
+                    examples.append(Example(q, blocks, correct))
+    return examples
+
+
+def collate(
+    tok: WordPieceTokenizer, batch: list[Example], reader_seq_len: int, max_span_width: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+    """Reader inputs for a batch with a (rows, num_spans) bool mask of correct spans; rows per question."""
+    from realm_core.reader import span_candidates
+
+    rows = len(batch[0].blocks)
+    qs = [ex.question for ex in batch for _ in ex.blocks]
+    bs = [b for ex in batch for b in ex.blocks]
+    enc = tok.encode_pairs(qs, bs, reader_seq_len)
+    T = enc.input_ids.shape[1]
+    starts, ends = span_candidates(T, max_span_width)
+    grid = torch.zeros((len(bs), T, T), dtype=torch.bool)
+    r = 0
+    for ex in batch:
+        off = len(ex.question.ids) + 2
+        for spans in ex.correct:
+            for s, e in spans:
+                grid[r, off + s, off + e] = True
+            r += 1
+    correct = grid[:, starts, ends]  # (rows_total, C)
+    inputs = dict(
+        input_ids=enc.input_ids,
+        attention_mask=enc.attention_mask,
+        token_type_ids=enc.token_type_ids,
+        block_mask=enc.block_mask,
+    )
+    return inputs, correct, rows
+
+
+def new_reader(backbone_dir: Path, cfg_overrides: dict[str, Any]) -> SpanReader:
+    """A reader whose BERT comes from a HF-format BERT directory and whose span head is fresh."""
+    bert = BertConfig.from_dict(json.loads((backbone_dir / "config.json").read_text()))
+    reader = SpanReader(ReaderConfig(bert=bert, **cfg_overrides))
+    init_weights(reader.qa_outputs)
+    load_mapped(
+        reader.realm,
+        load_safetensors(backbone_dir / "model.safetensors"),
+        {"": ""},
+        ignore=("pooler.", "embeddings.position_ids"),
+    )
+    return reader
+
+
+@torch.no_grad()
+def evaluate_gold(
+    reader: SpanReader,
+    tok: WordPieceTokenizer,
+    articles: list[dict[str, Any]],
+    reader_seq_len: int,
+    max_question_tokens: int,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """EM/F1 (%) of the reader on each question with its gold paragraph alone."""
+    reader.eval()
+    items = [
+        (qa["question"], p["context"], [a["text"] for a in qa["answers"]])
+        for art in articles
+        for p in art["paragraphs"]
+        for qa in p["qas"]
+    ]
+    em = f1 = 0.0
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        qs = [
+            Pieces(q.ids[:max_question_tokens], q.offsets[:max_question_tokens])
+            for q in tok.pieces([c[0] for c in chunk])
+        ]
+        enc = tok.encode_pairs(qs, tok.pieces([c[1] for c in chunk]), reader_seq_len)
+        logits, starts, ends = reader(enc.input_ids, enc.attention_mask, enc.token_type_ids, enc.block_mask)
+        _, span = select_spans(logits[:, None, :])
+        for j, (_, text, refs) in enumerate(chunk):
+            s = int(enc.block_offsets[j, starts[span[j]], 0])
+            e = int(enc.block_offsets[j, ends[span[j]], 1])
+            pred = text[s:e]
+            em += exact_match(pred, refs)
+            f1 += f1_score(pred, refs)
+    n = max(len(items), 1)
+    return {"em": 100 * em / n, "f1": 100 * f1 / n, "questions": float(len(items))}
+
+
+def save_reader(reader: SpanReader, out: Path, dtype: torch.dtype) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(dtype) for k, v in reader.state_dict().items()}
+    save_safetensors_atomic(tensors, out / "reader.safetensors")
+    (out / "reader_config.json").write_text(json.dumps(dataclasses.asdict(reader.config), indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="realmqa train-reader", description=__doc__)
+    p.add_argument("--squad", required=True, help="SQuAD v1.1 train JSON (.json or .json.gz)")
+    p.add_argument("--backbone", required=True, help="HF-format BERT dir: config.json, model.safetensors, tokenizer")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--heldout-questions", type=int, default=2000)
+    p.add_argument("--max-questions", type=int, default=0, help="train on at most this many questions (0: all)")
+    p.add_argument("--max-minutes", type=float, default=0, help="stop after this long (0: no limit)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=16, help="questions per step")
+    p.add_argument("--negatives", type=int, default=1, help="other paragraphs of the article read per question")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup", type=float, default=0.06, help="share of steps")
+    p.add_argument("--reader-seq-len", type=int, default=384, help="tokens per reader row")
+    p.add_argument("--max-question-tokens", type=int, default=64)
+    p.add_argument(
+        "--train-window", type=int, default=0, help="cut blocks to this many pieces around the answer (0: whole)"
+    )
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=200, help="steps between checkpoints")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    backbone = Path(a.backbone)
+    tok = WordPieceTokenizer.from_dir(backbone)
+    articles = load_squad(a.squad)
+    train_arts, held_arts = split_heldout(articles, a.heldout_questions, a.seed)
+    (out / "heldout.json").write_text(json.dumps({"version": "1.1", "data": held_arts}))
+    reader = new_reader(backbone, {})
+    cfg = reader.config
+    examples = build_examples(
+        tok, train_arts, cfg, a.reader_seq_len, a.max_question_tokens, a.negatives, a.seed, a.train_window
+    )
+    random.Random(a.seed).shuffle(examples)
+    if a.max_questions:
+        examples = examples[: a.max_questions]
+    steps = math.ceil(len(examples) * a.epochs / a.batch_size)
+    log.info("train %d questions (%d held-out articles), %d steps", len(examples), len(held_arts), steps)
+    opt = torch.optim.AdamW(reader.parameters(), lr=a.lr, weight_decay=0.01)
+    warm = max(1, int(steps * a.warmup))
+    t0 = time.time()
+
+    def lr_factor(s: int) -> float:
+        # Linear warm-up, then linear decay to 0 over the steps or the time budget, whichever ends first.
+        progress = s / steps
+        if a.max_minutes:
+            progress = max(progress, (time.time() - t0) / (a.max_minutes * 60))
+        return min((s + 1) / warm, max(0.0, 1.0 - progress) / max(1e-9, 1.0 - a.warmup))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    done = 0
+    reader.train()
+    for step in range(steps):
+        i = (step * a.batch_size) % len(examples)
+        batch = examples[i : i + a.batch_size]
+        inputs, correct, rows = collate(tok, batch, a.reader_seq_len, cfg.max_span_width)
+        logits, _, _ = reader(**inputs)
+        loss = marginal_log_likelihood(logits.view(len(batch), -1), correct.view(len(batch), -1))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reader.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        done = step + 1
+        if step % 20 == 0:
+            log.info(
+                "step %d/%d loss %.3f lr %.2e %.1f s",
+                step,
+                steps,
+                loss.item(),
+                sched.get_last_lr()[0],
+                time.time() - t0,
+            )
+        if done % a.save_every == 0:
+            save_reader(reader, out / "checkpoint", torch.float32)
+            (out / "checkpoint" / "progress.json").write_text(
+                json.dumps({"steps": done, "questions": done * a.batch_size})
+            )
+        if a.max_minutes and time.time() - t0 > a.max_minutes * 60 or lr_factor(done) == 0.0:
+            log.info("time budget reached at step %d", done)
+            break
+    train_s = time.time() - t0
+    save_reader(reader, out, torch.float16)
+    tok.save(out)
+    # Evaluate what is shipped: the fp16 weights, loaded back in fp32.
+    shipped = SpanReader(cfg)
+    load_mapped(shipped, load_safetensors(out / "reader.safetensors"), {"": ""})
+    scores = evaluate_gold(shipped, tok, held_arts, a.reader_seq_len, a.max_question_tokens)
+    report = {
+        "steps": done,
+        "questions_seen": min(done * a.batch_size, len(examples) * a.epochs),
+        "train_questions": len(examples),
+        "train_seconds": round(train_s),
+        "heldout": scores,
+        "args": vars(a),
+    }
+    (out / "train_report.json").write_text(json.dumps(report, indent=2))
+    log.info("held-out gold-paragraph EM %.2f F1 %.2f on %d questions", scores["em"], scores["f1"], scores["questions"])
+
+
+if __name__ == "__main__":
+    main()

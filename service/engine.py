@@ -1,0 +1,190 @@
+"""The QA engine: question → query embedding → MIPS over the index → reader → answer.
+
+``Engine`` is the protocol the HTTP layer calls (tests use a small fake of it); :class:`QAEngine`
+implements it over a loaded :class:`realm_core.model_dir.QAModel` and
+:class:`index.version.IndexVersion`. Both calls take a batch of questions and answer each as if alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from index.block_store import Block
+from index.faiss_index import search
+from index.version import IndexVersion
+from realm_core.model_dir import QAModel, embed_texts
+from realm_core.reader import select_spans
+from realm_core.tokenizer import Pieces
+from service.errors import InvalidInput, NotReady
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoredBlock:
+    block: Block
+    score: float  # relevance score: inner product of query and block embeddings
+    rank: int  # 1 = best
+
+
+@dataclass
+class Candidate:
+    answer: str
+    score: float  # span score + relevance_scale × relevance score (REALM §3.4)
+    start_char: int  # in block.text, end exclusive
+    end_char: int
+    block: ScoredBlock
+
+
+@dataclass
+class Answer:
+    best: Candidate
+    candidates: list[Candidate]  # best span of each block read, best first
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Retrieval:
+    blocks: list[ScoredBlock]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    @property
+    def model_ref(self) -> str: ...
+
+    @property
+    def index_ref(self) -> str: ...
+
+    def retrieve(self, queries: list[str], k: int) -> list[Retrieval]: ...
+
+    def answer(self, questions: list[str], reader_beam_size: int) -> list[Answer]: ...
+
+    def check(self) -> None: ...
+
+
+class QAEngine:
+    """Retrieve-then-read over one model version and one index version built by its block embedder.
+
+    Raises (constructor):
+        ValueError: the index was built by another embedder, or its dimension differs.
+    """
+
+    def __init__(self, model: QAModel, index: IndexVersion, read_chunk_rows: int = 16) -> None:
+        if index.manifest.embedder != model.ref:
+            raise ValueError(f"index {index.ref} was built by {index.manifest.embedder}, not by {model.ref}")
+        if index.manifest.dim != model.query.embedder.config.dim:
+            raise ValueError(f"index {index.ref} has dim {index.manifest.dim}, "
+                             f"model {model.ref} embeds to {model.query.embedder.config.dim}")
+        self.model, self.index = model, index
+        self.read_chunk_rows = read_chunk_rows
+        self._lock = threading.Lock()  # one batch at a time: torch already uses every core
+
+    @property
+    def model_ref(self) -> str:
+        return self.model.ref
+
+    @property
+    def index_ref(self) -> str:
+        return self.index.ref
+
+    def question_pieces(self, questions: list[str]) -> list[Pieces]:
+        """Reader wordpieces of each question.
+
+        Raises:
+            InvalidInput: a question with no wordpieces or more than ``max_question_tokens``.
+        """
+        pieces = self.model.reader_tokenizer.pieces(questions)
+        for p in pieces:
+            if not p.ids:
+                raise InvalidInput("question has no tokens", param="question")
+            if len(p.ids) > self.model.max_question_tokens:
+                raise InvalidInput(f"question has {len(p.ids)} tokens, more than the "
+                                   f"{self.model.max_question_tokens} allowed", param="question")
+        return pieces
+
+    def _retrieve(self, queries: list[str], k: int, timings: dict[str, float]) -> list[list[ScoredBlock]]:
+        t0 = time.perf_counter()
+        xq = embed_texts(self.model.query, queries).numpy()
+        t1 = time.perf_counter()
+        D, I = search(self.index.index, xq, k)
+        t2 = time.perf_counter()
+        rows = [int(r) for r in I.ravel() if r >= 0]
+        blocks = iter(self.index.blocks.get(rows))
+        out = [[ScoredBlock(next(blocks), float(d), rank + 1) for rank, (d, r) in enumerate(zip(Ds, Is)) if r >= 0]
+               for Ds, Is in zip(D, I)]
+        timings.update(embed_ms=(t1 - t0) * 1e3, search_ms=(t2 - t1) * 1e3,
+                       fetch_ms=(time.perf_counter() - t2) * 1e3)
+        return out
+
+    @torch.no_grad()
+    def retrieve(self, queries: list[str], k: int) -> list[Retrieval]:
+        """Top-``k`` blocks of each query, best first."""
+        timings: dict[str, float] = {}
+        with self._lock:
+            found = self._retrieve(queries, k, timings)
+        return [Retrieval(b, dict(timings)) for b in found]
+
+    @torch.no_grad()
+    def answer(self, questions: list[str], reader_beam_size: int) -> list[Answer]:
+        """Answer each question from its top ``reader_beam_size`` blocks (REALM §3.4, HF
+        ``RealmForOpenQA.forward``): the reader scores every span of every block, adds the relevance
+        score, and the best (block, span) by :func:`realm_core.reader.select_spans` is the answer."""
+        q_pieces = self.question_pieces(questions)
+        timings: dict[str, float] = {}
+        with self._lock:
+            found = self._retrieve(questions, reader_beam_size, timings)
+            t0 = time.perf_counter()
+            m = self.model
+            tok = m.reader_tokenizer
+            results = []
+            for q, blocks in zip(q_pieces, found):
+                # All rows of a question share one padded length, as in HF, so span indices agree.
+                enc = tok.encode_pairs([q] * len(blocks), tok.pieces([b.block.text for b in blocks]),
+                                       m.reader_seq_len)
+                rel = torch.tensor([b.score for b in blocks], dtype=torch.float32)
+                chunks = []
+                for i in range(0, len(blocks), self.read_chunk_rows):
+                    sl = slice(i, i + self.read_chunk_rows)
+                    logits, starts, ends = m.reader(enc.input_ids[sl], enc.attention_mask[sl],
+                                                    enc.token_type_ids[sl], enc.block_mask[sl], rel[sl])
+                    chunks.append(logits.float())
+                results.append(self._pick(blocks, torch.cat(chunks), enc.block_offsets, starts, ends))
+            timings["read_ms"] = (time.perf_counter() - t0) * 1e3
+        for a in results:
+            a.timings_ms = dict(timings)
+        return results
+
+    @staticmethod
+    def _pick(blocks: list[ScoredBlock], logits: torch.Tensor, offsets: torch.Tensor,
+              starts: torch.Tensor, ends: torch.Tensor) -> Answer:
+        """logits: (reader_beam, num_spans); offsets: (reader_beam, seq_len, 2) block character offsets."""
+
+        def candidate(b: int, span: int, score: float) -> Candidate:
+            s, e = int(offsets[b, starts[span], 0]), int(offsets[b, ends[span], 1])
+            return Candidate(blocks[b].block.text[s:e], score, s, e, blocks[b])
+
+        block_idx, span_idx = select_spans(logits[None])
+        bi, si = int(block_idx[0]), int(span_idx[0])
+        best = candidate(bi, si, float(logits[bi, si]))
+        per_block = logits.max(dim=1)
+        cands = [candidate(b, sp, sc) for b, (sc, sp) in
+                 enumerate(zip(per_block.values.tolist(), per_block.indices.tolist()))]
+        return Answer(best, sorted(cands, key=lambda c: -c.score))
+
+    def check(self) -> None:
+        """Readiness: embed, search and read one question for real.
+
+        Raises:
+            NotReady: any step fails.
+        """
+        try:
+            self.answer(["what is this?"], 1)
+        except Exception as e:  # readiness reports any failure as not ready
+            raise NotReady(f"engine check failed: {e}") from e

@@ -1,0 +1,53 @@
+"""The closed set of errors the service raises, and their one JSON shape.
+
+``{"error": {"type": str, "message": str, "param": str | null}}``. Core packages never import FastAPI;
+these classes carry their HTTP status and are mapped once in :func:`service.app.create_app`.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status: int = 500
+    type: str = "internal_error"
+
+    def __init__(self, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"type": self.type, "message": self.message, "param": self.param}}
+
+
+class InvalidInput(ServiceError):
+    status, type = 422, "invalid_request"
+
+
+class NotFound(ServiceError):
+    status, type = 404, "not_found"
+
+
+class PayloadTooLarge(ServiceError):
+    status, type = 413, "payload_too_large"
+
+
+class Overloaded(ServiceError):
+    status, type = 429, "overloaded"
+
+
+class NotReady(ServiceError):
+    status, type = 503, "not_ready"
+
+
+class DeadlinePassed(ServiceError):
+    status, type = 504, "deadline_exceeded"
+
+
+class Unauthorized(ServiceError):
+    status, type = 401, "unauthorized"
+
+
+class Forbidden(ServiceError):
+    status, type = 403, "forbidden"

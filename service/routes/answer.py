@@ -1,0 +1,31 @@
+"""``POST /answer``: retrieve-then-read one question."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from service.deps import RegistryDep, SettingsDep
+from service.errors import InvalidInput
+from service.routes.common import check_text
+from service.schemas import AnswerRequest, AnswerResponse, BlockOut, CandidateOut
+
+router = APIRouter()
+
+
+@router.post("/answer", response_model=AnswerResponse)
+async def answer(req: AnswerRequest, settings: SettingsDep, registry: RegistryDep) -> AnswerResponse:
+    check_text(req.question, "question", settings)
+    beam = req.reader_beam_size or settings.default_reader_beam_size
+    if beam > settings.max_reader_beam_size:
+        raise InvalidInput(f"reader_beam_size must be at most {settings.max_reader_beam_size}",
+                           param="reader_beam_size")
+    engine = registry.get(req.model)
+    a = (await run_in_threadpool(engine.answer, [req.question], beam))[0]
+    b = a.best.block
+    return AnswerResponse(
+        answer=a.best.answer, score=a.best.score, start_char=a.best.start_char, end_char=a.best.end_char,
+        block=BlockOut(id=b.block.id, title=b.block.title, text=b.block.text, score=b.score),
+        candidates=[CandidateOut(answer=c.answer, score=c.score, start_char=c.start_char, end_char=c.end_char,
+                                 block_id=c.block.block.id) for c in a.candidates],
+        model=engine.model_ref, index=engine.index_ref, timings_ms=a.timings_ms)

@@ -1,0 +1,50 @@
+"""Shared fixtures: the bundled model, a small corpus cut from the bundled one, a small home."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from service.settings import BUNDLED_HOME
+
+torch.set_num_threads(2)
+
+BUNDLED_MODEL = BUNDLED_HOME / "models" / "minilm-squad" / "1"
+BUNDLED_CORPUS = BUNDLED_HOME / "corpus" / "squad-v1.1-paragraphs.jsonl.gz"
+
+
+def write_corpus(path: Path, n: int, skip: int = 0) -> list[dict[str, str]]:
+    """The bundled corpus' documents ``skip .. skip+n`` as plain JSON Lines at ``path``."""
+    with gzip.open(BUNDLED_CORPUS, "rt", encoding="utf-8") as f:
+        docs = [json.loads(line) for line in itertools.islice(f, skip, skip + n)]
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return docs
+
+
+def make_home(root: Path) -> Path:
+    """A home whose models/ links the bundled model; no index yet."""
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "minilm-squad").symlink_to(BUNDLED_MODEL.parent)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home with the bundled model and index ``small`` (v1) over 24 Super Bowl 50 and Notre Dame paragraphs."""
+    from index.build import build_index
+    from realm_core.model_dir import load_model_dir
+
+    root = make_home(tmp_path_factory.mktemp("home"))
+    corpus = root / "corpus.jsonl"
+    docs = write_corpus(corpus, 12)  # University of Notre Dame
+    with gzip.open(BUNDLED_CORPUS, "rt", encoding="utf-8") as f:
+        sb = [json.loads(line) for line in f if json.loads(line)["id"].startswith("dev/Super_Bowl_50/")][:12]
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in docs + sb))
+    model = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
+    build_index(model, corpus, root / "indexes", "small", progress=False)
+    return root

@@ -1,0 +1,102 @@
+"""service.engine.QAEngine on the bundled model over a small real index, and the HTTP path to it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from index.version import open_version
+from realm_core.model_dir import load_model_dir
+from service.app import create_app
+from service.engine import QAEngine
+from service.errors import InvalidInput
+from service.registry import Registry, find_index
+from service.settings import Settings
+from tests.conftest import BUNDLED_MODEL
+
+QUESTIONS = [
+    "Which NFL team won Super Bowl 50?",
+    "Where was Super Bowl 50 played?",
+    "To whom did the Virgin Mary allegedly appear in 1858 in Lourdes France?",
+    "What is in front of the Notre Dame Main Building?",
+]
+
+
+@pytest.fixture(scope="module")
+def engine(small_home: Path) -> QAEngine:
+    model = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
+    return QAEngine(model, open_version(small_home / "indexes", "small"))
+
+
+def test_answer_is_a_span_of_a_retrieved_block(engine: QAEngine) -> None:
+    for a in engine.answer(QUESTIONS, 5):
+        b = a.best.block
+        assert b.block.text[a.best.start_char:a.best.end_char] == a.best.answer
+        assert a.best.answer.strip()
+        assert a.best.score == max(c.score for c in a.candidates)
+        assert [c.score for c in a.candidates] == sorted((c.score for c in a.candidates), reverse=True)
+        assert {"embed_ms", "search_ms", "read_ms"} <= set(a.timings_ms)
+
+
+def test_batch_equals_one_at_a_time(engine: QAEngine) -> None:
+    batched = engine.answer(QUESTIONS, 5)
+    for q, b in zip(QUESTIONS, batched):
+        single = engine.answer([q], 5)[0]
+        assert (single.best.answer, single.best.block.block.id) == (b.best.answer, b.best.block.block.id)
+        assert single.best.score == pytest.approx(b.best.score, abs=1e-3)
+    ret_b = engine.retrieve(QUESTIONS, 7)
+    for q, rb in zip(QUESTIONS, ret_b):
+        rs = engine.retrieve([q], 7)[0]
+        assert [x.block.id for x in rs.blocks] == [x.block.id for x in rb.blocks]
+
+
+def test_retrieval_finds_the_topic(engine: QAEngine) -> None:
+    r = engine.retrieve(["Which NFL team won Super Bowl 50?", "Notre Dame Catholic character"], 3)
+    assert r[0].blocks[0].block.id.startswith("dev/Super_Bowl_50/")
+    assert r[1].blocks[0].block.id.startswith("train/University_of_Notre_Dame/")
+    assert [b.rank for b in r[0].blocks] == [1, 2, 3]
+
+
+def test_bundled_reader_answers_super_bowl(engine: QAEngine) -> None:
+    """The bundled default's promise (README): Super Bowl 50 was won by the Denver Broncos."""
+    a = engine.answer(["Which NFL team won Super Bowl 50?"], 5)[0]
+    assert a.best.answer == "Denver Broncos"
+
+
+def test_over_long_question_is_invalid(engine: QAEngine) -> None:
+    with pytest.raises(InvalidInput, match="tokens") as e:
+        engine.answer(["why " * 100], 5)
+    assert e.value.param == "question"
+
+
+def test_index_of_another_embedder_is_refused(small_home: Path) -> None:
+    model = load_model_dir(BUNDLED_MODEL, "other-name", 1)
+    with pytest.raises(ValueError, match="built by minilm-squad/1"):
+        QAEngine(model, open_version(small_home / "indexes", "small"))
+
+
+def test_http_path_on_real_engine(small_home: Path) -> None:
+    assert find_index(small_home, "minilm-squad/1") is not None
+    settings = Settings(home=small_home, build_missing_index=False)
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/readyz").status_code == 200
+        r = c.post("/answer", json={"question": "Which NFL team won Super Bowl 50?"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["block"]["text"][body["start_char"]:body["end_char"]] == body["answer"]
+        assert body["model"] == "minilm-squad/1" and body["index"].startswith("small/")
+        r = c.post("/retrieve", json={"query": "Super Bowl 50 venue", "k": 4})
+        scores = [b["score"] for b in r.json()["blocks"]]
+        assert len(scores) == 4 and scores == sorted(scores, reverse=True)
+        r = c.post("/answer", json={"question": "why " * 100})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "question"
+
+
+def test_registry_without_index_and_without_build_fails_clearly(tmp_path: Path) -> None:
+    from tests.conftest import make_home
+
+    home = make_home(tmp_path / "h")
+    with pytest.raises(FileNotFoundError, match="no index"):
+        Registry.load(home, build_missing=False)
