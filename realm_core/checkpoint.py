@@ -57,7 +57,12 @@ def load_mapped(
     missing = [k for k in ours if k not in filled]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise CheckpointError(f"checkpoint lacks {missing[0]!r}{more}")
+        # Name the key as the checkpoint would spell it: the longest mapped prefix of ours, reversed.
+        src = max((p for p in prefix_map if missing[0].startswith(prefix_map[p])),
+                  key=lambda p: len(prefix_map[p]), default="")
+        key = src + missing[0][len(prefix_map.get(src, "")):]
+        ours_note = f" (for {missing[0]!r})" if key != missing[0] else ""
+        raise CheckpointError(f"checkpoint lacks {key!r}{ours_note}{more}")
     module.load_state_dict(filled, strict=True)
 
 

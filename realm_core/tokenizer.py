@@ -3,11 +3,15 @@
 Texts are tokenized without special tokens; the ``[CLS] question [SEP] block [SEP]`` layout is then
 assembled from the pieces (as HF ``build_inputs_with_special_tokens``), so that block encodings can be
 reused and the character offset of every block wordpiece is known.
+
+How a (question, block) pair is cut to ``max_length`` is a strategy named by a key of ``TRUNCATIONS``:
+``"only_block"`` (realmqa's own models: the question stays whole) or ``"longest_first"`` (REALM: the
+rule the ``tokenizers`` library applies for HF ``RealmRetriever.__call__``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +52,47 @@ class PairBatch:
     token_type_ids: torch.Tensor
     block_mask: torch.Tensor
     block_offsets: torch.Tensor
+
+
+def truncate_only_block(question_len: int, block_len: int, budget: int) -> tuple[int, int]:
+    """(question, block) lengths to keep when only the block may be cut; ``budget`` excludes specials.
+
+    Raises:
+        ValueError: the question leaves no room for a block token.
+    """
+    if budget - question_len < 1:
+        raise ValueError(f"question of {question_len} tokens leaves no room in {budget + 3} tokens")
+    return question_len, min(block_len, budget - question_len)
+
+
+def truncate_longest_first(question_len: int, block_len: int, budget: int) -> tuple[int, int]:
+    """(question, block) lengths to keep under HF's ``truncation=True`` (``longest_first``) for a pair.
+
+    Follows ``truncate_encodings`` of the ``tokenizers`` library (``tokenizers/src/utils/truncation.rs``,
+    ``TruncationStrategy::LongestFirst``), which HF ``RealmRetriever.__call__`` reaches through
+    ``RealmTokenizerFast.__call__(text, text_pair, truncation=True, max_length=reader_seq_len)``;
+    ``budget`` is ``max_length`` minus the 3 special tokens (``TokenizerImpl::post_process``). With
+    ``n1 <= n2`` the shorter and longer lengths: nothing is cut when ``n1 + n2 <= budget``; else the
+    longer keeps ``max(n1, budget - n1)`` (``n1`` if ``n1 > budget``), and if the two still exceed the
+    budget both are cut, the shorter to ``budget // 2`` and the longer to ``budget // 2 + budget % 2``.
+    Both sequences are cut on the right; the overflow is dropped.
+    """
+    if question_len + block_len <= budget:
+        return question_len, block_len
+    n1, n2 = sorted((question_len, block_len))
+    n2 = n1 if n1 > budget else max(n1, budget - n1)
+    if n1 + n2 > budget:
+        n1 = budget // 2
+        n2 = n1 + budget % 2
+    keep_q, keep_b = (n1, n2) if question_len <= block_len else (n2, n1)
+    return min(question_len, keep_q), min(block_len, keep_b)
+
+
+# Truncation strategies for reader pairs: (question_len, block_len, budget) → lengths to keep.
+TRUNCATIONS: dict[str, Callable[[int, int, int], tuple[int, int]]] = {
+    "only_block": truncate_only_block,
+    "longest_first": truncate_longest_first,
+}
 
 
 class WordPieceTokenizer:
@@ -94,6 +139,19 @@ class WordPieceTokenizer:
         """Ids back to text with the tokenizer's decoder, special tokens dropped."""
         return self._tok.decode(list(ids), skip_special_tokens=True)
 
+    def round_trip(self, texts: Sequence[str], max_tokens: int) -> list[str]:
+        """Each text as REALM's reader sees a question: encoded as the embedder input ``[CLS] text [SEP]``
+        (cut to ``max_tokens`` tokens, as :meth:`encode_texts`), then decoded without special tokens.
+
+        Follows HF ``RealmRetriever.__call__``: ``tokenizer.decode(question_input_ids[0],
+        skip_special_tokens=True)``; the result is tokenized again with each block. ``[UNK]`` is a special
+        token, so unknown words vanish; the text comes back normalised (lower case, accents stripped,
+        pieces re-joined, spaces around punctuation). HF's optional ``clean_up_tokenization_spaces`` only
+        removes spaces before punctuation, which re-tokenizing splits off again, so it is not applied.
+        """
+        ids = self.encode_texts(texts, max_tokens).input_ids
+        return [self.decode(row) for row in ids.tolist()]
+
     def encode_texts(self, texts: Sequence[str], max_tokens: int) -> TextBatch:
         """``[CLS] text [SEP]`` per text, each cut to ``max_tokens`` tokens in all, padded to the longest."""
         rows = [[self.cls_id, *p.ids[: max_tokens - 2], self.sep_id] for p in self.pieces(texts)]
@@ -106,23 +164,30 @@ class WordPieceTokenizer:
         return TextBatch(input_ids, attention_mask, torch.zeros_like(input_ids))
 
     def encode_pairs(
-        self, questions: Sequence[Pieces], blocks: Sequence[Pieces], max_length: int
+        self, questions: Sequence[Pieces], blocks: Sequence[Pieces], max_length: int,
+        truncation: str = "only_block",
     ) -> PairBatch:
-        """Reader inputs for aligned (question, block) pairs; only the block is truncated.
+        """Reader inputs for aligned (question, block) pairs, padded on the right to the longest row.
+
+        With ``truncation="longest_first"`` this equals HF ``RealmRetriever.__call__``:
+        ``tokenizer(questions, blocks, padding=True, truncation=True, return_special_tokens_mask=True,
+        max_length=max_length)``, with ``block_mask`` as in HF ``RealmForOpenQA.forward``.
 
         Args:
             questions, blocks: equally long sequences of wordpieces (see :meth:`pieces`).
             max_length: the most tokens in a row, special tokens included (REALM ``reader_seq_len``).
+            truncation: a key of ``TRUNCATIONS``.
 
         Raises:
-            ValueError: a question leaves no room for a block token.
+            ValueError: an unknown strategy, or (``only_block``) a question that leaves no room for a block token.
         """
+        if truncation not in TRUNCATIONS:
+            raise ValueError(f"truncation {truncation!r} is not one of {sorted(TRUNCATIONS)}")
+        cut = TRUNCATIONS[truncation]
         rows: list[tuple[list[int], list[int], list[tuple[int, int]]]] = []
         for qp, bp in zip(questions, blocks, strict=True):
-            budget = max_length - len(qp.ids) - 3
-            if budget < 1:
-                raise ValueError(f"question of {len(qp.ids)} tokens leaves no room in {max_length} tokens")
-            rows.append((qp.ids, bp.ids[:budget], bp.offsets[:budget]))
+            nq, nb = cut(len(qp.ids), len(bp.ids), max_length - 3)
+            rows.append((qp.ids[:nq], bp.ids[:nb], bp.offsets[:nb]))
         T = max(len(q) + len(b) + 3 for q, b, _ in rows)
         n = len(rows)
         input_ids = torch.full((n, T), self.pad_id, dtype=torch.long)
