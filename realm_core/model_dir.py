@@ -7,7 +7,14 @@
      "block_embedder": null,                      # null: the query embedder embeds blocks too
      "reader": {"config": "reader_config.json", "weights": "reader.safetensors", "tokenizer": "."},
      "reader_seq_len": 384, "max_question_tokens": 64, "block_max_tokens": 288,
+     "reader_truncation": "only_block",           # optional; a key of tokenizer.TRUNCATIONS
+     "reader_question": "text",                   # optional; a key of READER_QUESTIONS
      "card": {...}}                               # where the weights came from
+
+``reader_truncation`` and ``reader_question`` say how reader inputs are built: realmqa's own models keep
+the question as typed and cut only the block (the defaults); converted REALM checkpoints (kind
+``"realm-hf"``, :mod:`realm_core.hf_realm`) use ``"longest_first"`` and ``"decoded"`` as HF
+``RealmRetriever.__call__`` does.
 
 Embedder ``source`` values are keys of ``EMBEDDER_SOURCES``. A ``path`` is relative to the version
 directory, absolute, or ``python-package:<module>/<subdir>`` for files shipped inside an installed
@@ -29,7 +36,11 @@ from realm_core.bert import BertConfig
 from realm_core.checkpoint import load_mapped, load_safetensors
 from realm_core.embedder import Embedder, EmbedderConfig, load_sentence_transformer
 from realm_core.reader import SpanReader, reader_config_from_dict
-from realm_core.tokenizer import WordPieceTokenizer
+from realm_core.tokenizer import TRUNCATIONS, WordPieceTokenizer
+
+# What the reader reads as the question: the text as typed, or (REALM) the embedder's input ids decoded
+# again (HF ``RealmRetriever.__call__``, see ``WordPieceTokenizer.round_trip``).
+READER_QUESTIONS = ("text", "decoded")
 
 
 class ModelDirError(ValueError):
@@ -82,6 +93,14 @@ class QAModel:
     max_question_tokens: int
     block_max_tokens: int
     card: dict[str, Any] = field(default_factory=dict)
+    reader_truncation: str = "only_block"  # a key of tokenizer.TRUNCATIONS
+    reader_question: str = "text"  # one of READER_QUESTIONS
+
+    def reader_question_texts(self, questions: list[str]) -> list[str]:
+        """The question texts the reader tokenizes: as typed, or the query embedder's input decoded."""
+        if self.reader_question == "decoded":
+            return self.query.tokenizer.round_trip(questions, self.query.embedder.config.max_tokens)
+        return list(questions)
 
     @property
     def ref(self) -> str:
@@ -120,9 +139,15 @@ def load_model_dir(root: str | Path, name: str, version: int, dtype: torch.dtype
         reader_tok = WordPieceTokenizer.from_dir(resolve_path(root, r.get("tokenizer", ".")))
         for m in {id(query.embedder): query.embedder, id(block.embedder): block.embedder, 0: reader}.values():
             m.to(dtype).eval()
+        truncation = spec.get("reader_truncation", "only_block")
+        if truncation not in TRUNCATIONS:
+            raise ModelDirError(f"model.json reader_truncation {truncation!r} is not one of {sorted(TRUNCATIONS)}")
+        question = spec.get("reader_question", "text")
+        if question not in READER_QUESTIONS:
+            raise ModelDirError(f"model.json reader_question {question!r} is not one of {list(READER_QUESTIONS)}")
         return QAModel(name, version, query, block, reader, reader_tok,
                        int(spec["reader_seq_len"]), int(spec["max_question_tokens"]),
-                       int(spec["block_max_tokens"]), spec.get("card", {}))
+                       int(spec["block_max_tokens"]), spec.get("card", {}), truncation, question)
     except KeyError as e:
         raise ModelDirError(f"{root / 'model.json'} lacks field {e.args[0]!r}") from None
     except (OSError, ValueError) as e:
