@@ -1,18 +1,24 @@
-"""Shared fixtures: the bundled model, a small corpus cut from the bundled one, a small home."""
+"""Shared fixtures: the bundled model, a small corpus cut from the bundled one, a small home, and a random
+tiny Hugging Face REALM checkpoint with its reference answers (``hf_realm``; needs transformers).
+
+Torch threads: 2, or ``REALMQA_TEST_THREADS`` (e.g. 1 on a machine shared with other work)."""
 
 from __future__ import annotations
 
 import gzip
 import itertools
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from service.settings import BUNDLED_HOME
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("REALMQA_TEST_THREADS", "2")))
 
 BUNDLED_MODEL = BUNDLED_HOME / "models" / "minilm-squad" / "1"
 BUNDLED_CORPUS = BUNDLED_HOME / "corpus" / "squad-v1.1-paragraphs.jsonl.gz"
@@ -48,3 +54,25 @@ def small_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
     build_index(model, corpus, root / "indexes", "small", progress=False)
     return root
+
+
+@dataclass
+class HfRealmFixture:
+    """A saved random tiny HF REALM checkpoint, the reference loaded from it, and its answers."""
+
+    path: Path
+    hf: Any  # tests.realm_core.hf_reference.HfRealm
+    questions: list[str]
+    answers: list[Any]  # tests.realm_core.hf_reference.HfAnswer, one per question
+
+
+@pytest.fixture(scope="session")
+def hf_realm(tmp_path_factory: pytest.TempPathFactory) -> HfRealmFixture:
+    """Needs transformers 4.57.x (the ``reference`` extra); test modules using it importorskip it first."""
+    from tests.realm_core.hf_reference import HfRealm, build_checkpoint, make_questions
+
+    path = tmp_path_factory.mktemp("hf-realm") / "tiny-realm"
+    build_checkpoint(path)
+    hf = HfRealm(path)
+    questions = make_questions(60)
+    return HfRealmFixture(path, hf, questions, [hf.answer(q) for q in questions])
