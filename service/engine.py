@@ -20,7 +20,7 @@ from index.faiss_index import search
 from index.version import IndexVersion
 from realm_core.model_dir import QAModel, embed_texts
 from realm_core.reader import select_spans
-from realm_core.tokenizer import Pieces
+from realm_core.tokenizer import PairBatch, Pieces
 from service.errors import InvalidInput, NotReady
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,16 @@ class Answer:
     best: Candidate
     candidates: list[Candidate]  # best span of each block read, best first
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Reading:
+    """The reader's pass over one question's blocks (HF ``RealmForOpenQA.forward``'s reader step)."""
+
+    inputs: PairBatch  # (reader_beam, seq_len) rows [CLS] question [SEP] block [SEP] [PAD]...
+    logits: torch.Tensor  # (reader_beam, num_spans) span score + relevance_scale × relevance score
+    starts: torch.Tensor  # (num_spans,) token positions in the rows, end inclusive
+    ends: torch.Tensor
 
 
 @dataclass
@@ -95,19 +105,23 @@ class QAEngine:
         return self.index.ref
 
     def question_pieces(self, questions: list[str]) -> list[Pieces]:
-        """Reader wordpieces of each question.
+        """Reader wordpieces of each question: of the text as typed, or for REALM models of the query
+        embedder's input decoded again (``QAModel.reader_question_texts``, HF ``RealmRetriever.__call__``).
 
         Raises:
             InvalidInput: a question with no wordpieces or more than ``max_question_tokens``.
         """
-        pieces = self.model.reader_tokenizer.pieces(questions)
+        tok = self.model.reader_tokenizer
+        pieces = tok.pieces(questions)
         for p in pieces:
             if not p.ids:
                 raise InvalidInput("question has no tokens", param="question")
             if len(p.ids) > self.model.max_question_tokens:
                 raise InvalidInput(f"question has {len(p.ids)} tokens, more than the "
                                    f"{self.model.max_question_tokens} allowed", param="question")
-        return pieces
+        if self.model.reader_question == "text":
+            return pieces
+        return tok.pieces(self.model.reader_question_texts(questions))
 
     def _retrieve(self, queries: list[str], k: int, timings: dict[str, float]) -> list[list[ScoredBlock]]:
         t0 = time.perf_counter()
@@ -141,25 +155,35 @@ class QAEngine:
         with self._lock:
             found = self._retrieve(questions, reader_beam_size, timings)
             t0 = time.perf_counter()
-            m = self.model
-            tok = m.reader_tokenizer
             results = []
             for q, blocks in zip(q_pieces, found):
-                # All rows of a question share one padded length, as in HF, so span indices agree.
-                enc = tok.encode_pairs([q] * len(blocks), tok.pieces([b.block.text for b in blocks]),
-                                       m.reader_seq_len)
-                rel = torch.tensor([b.score for b in blocks], dtype=torch.float32)
-                chunks = []
-                for i in range(0, len(blocks), self.read_chunk_rows):
-                    sl = slice(i, i + self.read_chunk_rows)
-                    logits, starts, ends = m.reader(enc.input_ids[sl], enc.attention_mask[sl],
-                                                    enc.token_type_ids[sl], enc.block_mask[sl], rel[sl])
-                    chunks.append(logits.float())
-                results.append(self._pick(blocks, torch.cat(chunks), enc.block_offsets, starts, ends))
+                r = self.read(q, blocks)
+                results.append(self._pick(blocks, r.logits, r.inputs.block_offsets, r.starts, r.ends))
             timings["read_ms"] = (time.perf_counter() - t0) * 1e3
         for a in results:
             a.timings_ms = dict(timings)
         return results
+
+    @torch.no_grad()
+    def read(self, question: Pieces, blocks: list[ScoredBlock]) -> Reading:
+        """Score every span of one question's blocks (HF ``RealmForOpenQA.forward``: retriever inputs,
+        ``block_mask``, ``RealmReader.forward``).
+
+        The rows of one question are padded to their longest, as HF pads the reader beam, so span
+        indices agree with the reference; rows are read ``read_chunk_rows`` at a time.
+        """
+        m = self.model
+        tok = m.reader_tokenizer
+        enc = tok.encode_pairs([question] * len(blocks), tok.pieces([b.block.text for b in blocks]),
+                               m.reader_seq_len, m.reader_truncation)
+        rel = torch.tensor([b.score for b in blocks], dtype=torch.float32)
+        chunks = []
+        for i in range(0, len(blocks), self.read_chunk_rows):
+            sl = slice(i, i + self.read_chunk_rows)
+            logits, starts, ends = m.reader(enc.input_ids[sl], enc.attention_mask[sl],
+                                            enc.token_type_ids[sl], enc.block_mask[sl], rel[sl])
+            chunks.append(logits.float())
+        return Reading(enc, torch.cat(chunks), starts, ends)
 
     @staticmethod
     def _pick(blocks: list[ScoredBlock], logits: torch.Tensor, offsets: torch.Tensor,
