@@ -1,4 +1,4 @@
-"""The ``realmqa`` command line: serve, index build, eval, train-reader."""
+"""The ``realmqa`` command line: serve, index build, convert-hf, eval, train-reader."""
 
 from __future__ import annotations
 
@@ -51,6 +51,15 @@ def cmd_index_build(a: argparse.Namespace) -> None:
     print(f"{m.name}/{m.version}")
 
 
+def cmd_convert_hf(a: argparse.Namespace) -> None:
+    from index.convert_hf import convert_hf_realm
+
+    c = convert_hf_realm(a.checkpoint, a.home, a.name, max_question_tokens=a.max_question_tokens,
+                         chunk_rows=a.chunk_rows)
+    print(f"model {c.model_ref}")
+    print(f"index {c.index.name}/{c.index.version}")
+
+
 def cmd_eval(a: argparse.Namespace) -> None:
     from service.evaluate import evaluate, load_questions
 
@@ -86,6 +95,17 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--factory", default="Flat", help="faiss index_factory string (default Flat: exact MIPS)")
     b.add_argument("--batch-size", type=int, default=64, help="texts per embedding batch")
     b.set_defaults(func=cmd_index_build)
+
+    c = sub.add_parser("convert-hf", help="turn a Hugging Face REALM checkpoint into a registry model and index")
+    c.add_argument("--checkpoint", required=True,
+                   help="directory of RealmForOpenQA.save_pretrained + RealmRetriever.save_pretrained "
+                        "(block_records.npy is unpickled: use only checkpoints you trust)")
+    c.add_argument("--home", required=True, help="registry home to write models/NAME and indexes/NAME into")
+    c.add_argument("--name", help="model and index name (default: the checkpoint directory's name)")
+    c.add_argument("--max-question-tokens", type=int,
+                   help="longest question accepted (default: max_position_embeddings - 2)")
+    c.add_argument("--chunk-rows", type=int, default=65536, help="block_emb rows added to the index at a time")
+    c.set_defaults(func=cmd_convert_hf)
 
     e = sub.add_parser("eval", help="EM/F1 and recall@k of a running service")
     e.add_argument("--questions", required=True, help="SQuAD-format JSON or JSON Lines {question, answer}")
