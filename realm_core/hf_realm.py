@@ -110,7 +110,7 @@ def _small_tensors(ckpt: HfRealmCheckpoint) -> dict[str, torch.Tensor]:
     """
     if ckpt.weights.suffix == ".safetensors":
         with safe_open(str(ckpt.weights), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys() if k != BLOCK_EMB_KEY}  # noqa: SIM118
+            return {k: f.get_tensor(k) for k in f.keys() if k != BLOCK_EMB_KEY}
     sd = torch.load(str(ckpt.weights), map_location="cpu", mmap=True, weights_only=True)
     return {k: v for k, v in sd.items() if k != BLOCK_EMB_KEY}
 
@@ -191,7 +191,7 @@ def block_emb_shape(ckpt: HfRealmCheckpoint) -> tuple[int, int]:
     """
     if ckpt.weights.suffix == ".safetensors":
         with safe_open(str(ckpt.weights), framework="pt") as f:
-            if BLOCK_EMB_KEY not in f.keys():  # noqa: SIM118
+            if BLOCK_EMB_KEY not in f.keys():
                 raise CheckpointError(f"checkpoint lacks {BLOCK_EMB_KEY!r}")
             shape = tuple(f.get_slice(BLOCK_EMB_KEY).get_shape())
     else:
