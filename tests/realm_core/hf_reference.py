@@ -130,9 +130,16 @@ class HfRealm:
 
         from transformers.models.deprecated.realm import RealmForOpenQA, RealmRetriever, RealmTokenizerFast
 
-        os.environ["TRUST_REMOTE_CODE"] = "True"  # RealmRetriever.from_pretrained unpickles block_records
+        before = os.environ.get("TRUST_REMOTE_CODE")
+        os.environ["TRUST_REMOTE_CODE"] = "True"  # RealmRetriever.from_pretrained unpickles our block_records
+        try:
+            self.retriever = RealmRetriever.from_pretrained(path)
+        finally:
+            if before is None:
+                del os.environ["TRUST_REMOTE_CODE"]
+            else:
+                os.environ["TRUST_REMOTE_CODE"] = before
         self.tokenizer = RealmTokenizerFast.from_pretrained(path)
-        self.retriever = RealmRetriever.from_pretrained(path)
         self.model = RealmForOpenQA.from_pretrained(path, retriever=self.retriever).eval()
 
     @torch.no_grad()
