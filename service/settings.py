@@ -1,34 +1,77 @@
-"""Service settings: one pydantic-settings class read from ``REALMQA_*`` environment variables and
-the CLI's flags. Built by the CLI or the caller of :func:`service.app.create_app`, never at import;
-a bad value fails at start with pydantic's message naming the setting.
+"""Service settings: one pydantic-settings class read from, highest priority first, the caller's (CLI
+flags') values, ``REALMQA_*`` environment variables, and an optional config file (TOML, JSON or .env by
+suffix) named by ``REALMQA_CONFIG_FILE`` or ``realmqa serve --config``. Built by :func:`load_settings`
+(the CLI) or the caller of :func:`service.app.create_app`, never at import; a bad value fails at start
+with a message naming the setting. This is the only module that reads the environment.
 """
 
 from __future__ import annotations
 
+import os
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 BUNDLED_HOME = Path(__file__).resolve().parent / "default"
+ENV_PREFIX = "REALMQA_"
+CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
+
+# The config file of the Settings being built (set by load_settings; else REALMQA_CONFIG_FILE).
+_config_file: ContextVar[Path | None] = ContextVar("realmqa_config_file", default=None)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="REALMQA_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     home: Path = Field(BUNDLED_HOME, description="registry home with models/ and indexes/ (default: the bundle)")
-    model: str | None = Field(None, description="model to serve (name or name/version); default: the first")
+    model: str | None = Field(None, description="load only this model (name or name/version); default: every one")
+    default_model: str | None = Field(None, description="model a request without \"model\" gets; default: the first")
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8000, ge=0, le=65535, description="port to bind")
     admin_token: str | None = Field(None, description="bearer token for admin routes; none disables them")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default)")
     build_missing_index: bool = Field(True, description="build the model's index from its corpus if none exists")
-    max_body_bytes: int = Field(65536, gt=0, description="largest request body, bytes (413 beyond)")
+    max_body_bytes: int = Field(65536, gt=0, description="largest request body, bytes, chunked or not (413 beyond)")
     max_question_chars: int = Field(2000, gt=0, description="longest question or query, characters (413 beyond)")
     default_reader_beam_size: int = Field(5, gt=0, description="blocks the reader reads (REALM: 5)")
     max_reader_beam_size: int = Field(50, gt=0, description="largest reader_beam_size a request may ask")
     default_k: int = Field(10, gt=0, description="blocks /retrieve returns by default")
     max_k: int = Field(100, gt=0, description="largest k a request may ask")
+    max_batch_size: int = Field(32, gt=0, description="most requests run as one batch (1: no batching)")
+    max_batch_tokens: int = Field(
+        65536, gt=0, description="most reader tokens (reader_beam_size × reader_seq_len per question) in one "
+                                 "/answer batch; a single larger request still runs, alone")
+    max_queue_delay_ms: float = Field(
+        2.0, ge=0, description="longest a request waits for others to join its batch, ms")
+    max_queue_size: int = Field(256, gt=0, description="requests waiting for the engine; beyond, 429 at once")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 429")
+    request_timeout_ms: float = Field(
+        30000.0, gt=0, description="deadline of a request from arrival, ms (504 beyond; a request may ask less)")
+    shutdown_timeout_s: float = Field(
+        20.0, ge=0, description="on SIGTERM, how long queued work may still finish; the rest gets 503")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _config_file.get()
+        if path is None and os.environ.get(CONFIG_FILE_ENV):
+            path = Path(os.environ[CONFIG_FILE_ENV])
+        if path is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, config_file_source(settings_cls, path)
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> Settings:
@@ -44,3 +87,52 @@ class Settings(BaseSettings):
         if not (v / "models").is_dir():
             raise ValueError(f"REALMQA_HOME {v} has no models/ directory")
         return v
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token_not_blank(cls, v: str | None) -> str | None:
+        if v is not None and len(v.strip()) < 8:
+            raise ValueError("REALMQA_ADMIN_TOKEN must have at least 8 non-blank characters (or be unset)")
+        return v
+
+
+# Config file parsers by suffix (a registry, not an if/elif chain).
+_FILE_SOURCES: dict[str, Any] = {
+    ".toml": lambda cls, p: TomlConfigSettingsSource(cls, toml_file=p),
+    ".json": lambda cls, p: JsonConfigSettingsSource(cls, json_file=p),
+    ".env": lambda cls, p: DotEnvSettingsSource(cls, env_file=p, env_prefix=ENV_PREFIX),
+}
+
+
+def config_file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
+    """The pydantic-settings source for a config file: TOML and JSON keys are setting names
+    (``max_batch_size = 8``); a ``.env`` file holds ``REALMQA_*`` lines.
+
+    Raises:
+        ValueError: the file is missing or its suffix is not ``.toml``, ``.json`` or ``.env``.
+    """
+    if not path.is_file():
+        raise ValueError(f"config file {path} ({CONFIG_FILE_ENV}) does not exist")
+    make = _FILE_SOURCES.get(path.suffix) or (_FILE_SOURCES[".env"] if path.name.endswith(".env") else None)
+    if make is None:
+        raise ValueError(f"config file {path} ({CONFIG_FILE_ENV}): suffix must be one of {sorted(_FILE_SOURCES)}")
+    return make(settings_cls, path)  # type: ignore[no-any-return]
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``overrides`` (None values ignored), the environment and ``config_file`` (or
+    ``REALMQA_CONFIG_FILE``).
+
+    Raises:
+        pydantic.ValidationError: a setting has a bad value (the error names it).
+        ValueError: the config file is missing or of an unknown kind.
+    """
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _config_file.reset(token)
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
