@@ -72,6 +72,12 @@ class Engine(Protocol):
     @property
     def index_ref(self) -> str: ...
 
+    @property
+    def block_count(self) -> int: ...  # blocks in the index served
+
+    @property
+    def reader_seq_len(self) -> int: ...  # tokens per reader row (the batcher's token budget counts these)
+
     def retrieve(self, queries: list[str], k: int) -> list[Retrieval]: ...
 
     def answer(self, questions: list[str], reader_beam_size: int) -> list[Answer]: ...
@@ -103,6 +109,14 @@ class QAEngine:
     @property
     def index_ref(self) -> str:
         return self.index.ref
+
+    @property
+    def block_count(self) -> int:
+        return self.index.manifest.count
+
+    @property
+    def reader_seq_len(self) -> int:
+        return self.model.reader_seq_len
 
     def question_pieces(self, questions: list[str]) -> list[Pieces]:
         """Reader wordpieces of each question: of the text as typed, or for REALM models of the query

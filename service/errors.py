@@ -51,3 +51,9 @@ class Unauthorized(ServiceError):
 
 class Forbidden(ServiceError):
     status, type = 403, "forbidden"
+
+
+class LoadFailed(ServiceError):
+    """A model version could not be loaded; whatever served before keeps serving."""
+
+    status, type = 500, "load_failed"

@@ -1,23 +1,33 @@
-"""Models served by this process, each with the index its own block embedder built.
+"""Models served by this process, by name and version, each with the index its own block embedder built.
 
-For issue-2 scope the registry loads the newest version of every model in ``<home>/models`` at start
-and pairs it with the newest index version whose manifest names that model as its embedder; when none
-exists and the model names a ``default_corpus``, that index is built first (progress shown).
+On disk a home holds ``models/<name>/<version>/`` (DESIGN.md). At start :meth:`Registry.from_home`
+loads the newest version of every model (or only ``settings.model``) and pairs it with the newest index
+version whose manifest names that model version as its embedder; when none exists and the model names a
+``default_corpus``, that index is built first. Admin calls load and unload versions while serving
+(Triton's model repository): a version that fails to load is recorded as ``failed`` with its error and
+changes nothing that serves. ``"name"`` resolves to the newest loaded version of that model.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from index.build import build_index
 from index.version import IndexVersionError, Manifest, list_versions, open_version, version_files
 from realm_core.model_dir import load_model_dir, resolve_path
 from service.engine import Engine, QAEngine
-from service.errors import NotFound
+from service.errors import LoadFailed, NotFound
 
 log = logging.getLogger(__name__)
+
+# (event, model ref, result): event "load" (result "success" | "failure"), "unload", "swap" (the version
+# that "name" resolves to changed).
+Observer = Callable[[str, str, str], None]
 
 
 def model_versions(home: Path, name: str) -> list[int]:
@@ -33,26 +43,37 @@ def model_names(home: Path) -> list[str]:
 def find_index(home: Path, model_ref: str) -> tuple[str, int] | None:
     """(name, version) of the newest valid-looking index version built by ``model_ref``, or None."""
     best: tuple[str, int, str] | None = None
+    for name, v, m in index_manifests(home):
+        if m.embedder == model_ref and (best is None or m.created_at > best[2]):
+            best = (name, v, m.created_at)
+    return None if best is None else best[:2]
+
+
+def index_manifests(home: Path) -> list[tuple[str, int, Manifest]]:
+    """(name, version, manifest) of every published index version in the home with a readable manifest."""
+    out = []
     d = home / "indexes"
     for name in sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []:
         for v in list_versions(d, name):
             try:
-                m = Manifest.read(version_files(d / name / str(v)).manifest)
+                out.append((name, v, Manifest.read(version_files(d / name / str(v)).manifest)))
             except IndexVersionError:
                 continue
-            if m.embedder == model_ref and (best is None or m.created_at > best[2]):
-                best = (name, v, m.created_at)
-    return None if best is None else best[:2]
+    return out
 
 
-def load_engine(home: Path, name: str, build_missing: bool = True) -> QAEngine:
-    """The newest version of model ``name`` with its index (built from ``default_corpus`` if missing).
+def load_engine(home: Path, name: str, version: int | None = None, build_missing: bool = True) -> QAEngine:
+    """A version of model ``name`` (the newest when None) with its index (built from ``default_corpus`` if
+    missing and ``build_missing``).
 
     Raises:
         realm_core.model_dir.ModelDirError, index.version.IndexVersionError, FileNotFoundError.
     """
-    version = model_versions(home, name)[-1]
+    if version is None:
+        version = model_versions(home, name)[-1]
     root = home / "models" / name / str(version)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} does not exist")
     model = load_model_dir(root, name, version)
     found = find_index(home, model.ref)
     if found is None:
@@ -65,34 +86,186 @@ def load_engine(home: Path, name: str, build_missing: bool = True) -> QAEngine:
     return QAEngine(model, open_version(home / "indexes", *found))
 
 
-class Registry:
-    """Engines by model name; ``get(None)`` is the default (the first one added)."""
+def split_ref(ref: str) -> tuple[str, int | None]:
+    """``"name"`` → (name, None); ``"name/3"`` → (name, 3).
 
-    def __init__(self, engines: dict[str, Engine] | None = None) -> None:
-        self.engines: dict[str, Engine] = dict(engines or {})
+    Raises:
+        NotFound: the version part is not a number (param ``model``).
+    """
+    name, slash, v = ref.partition("/")
+    if not slash:
+        return name, None
+    if not v.isdigit():
+        raise NotFound(f"model {ref!r}: the version must be a number", param="model")
+    return name, int(v)
+
+
+@dataclass
+class VersionInfo:
+    version: int
+    state: str  # "ready" (serving), "available" (on disk, not loaded), "unloaded", "failed"
+    index: str | None = None  # index name/version it serves, when ready
+    error: str | None = None  # why the last load failed, when failed
+
+
+class Registry:
+    """Engines by model name and version.
+
+    Args:
+        engines: engines to serve from the start, by model name (their ``model_ref`` gives the version).
+        loader: ``(name, version) -> Engine`` for admin loads; None: loads are refused (404).
+        on_disk: ``() -> {name: [versions]}`` of what could be loaded; None: only what is served.
+        default: the model a request without ``"model"`` gets (name or name/version); None: the first.
+    """
+
+    def __init__(self, engines: dict[str, Engine] | None = None, loader: Callable[[str, int], Engine] | None = None,
+                 on_disk: Callable[[], dict[str, list[int]]] | None = None, default: str | None = None) -> None:
+        self._served: dict[str, dict[int, Engine]] = {}
+        for name, e in (engines or {}).items():
+            self._served.setdefault(name, {})[split_ref(e.model_ref)[1] or 0] = e
+        self._loader, self._on_disk = loader, on_disk
+        self._default = default
+        self._state: dict[tuple[str, int], VersionInfo] = {}
+        self._lock = threading.Lock()  # one load or unload at a time; readers see whole dicts (copy on write)
+        self.observers: list[Observer] = []
 
     @classmethod
-    def load(cls, home: Path, only: str | None = None, build_missing: bool = True) -> Registry:
+    def from_home(cls, home: Path, only: str | None = None, build_missing: bool = True,
+                  default: str | None = None) -> Registry:
+        """Every model of the home at its newest version (or only ``only``), loaded now.
+
+        Raises:
+            NotFound: ``only`` is not in the home.
+        """
         names = model_names(home)
+        engines: dict[str, Engine] = {}
         if only is not None:
-            if only.split("/")[0] not in names:
+            name, version = split_ref(only)
+            if name not in names or (version is not None and version not in model_versions(home, name)):
                 raise NotFound(f"model {only!r} is not in {home / 'models'}", param="model")
-            names = [only.split("/")[0]]
-        return cls({n: load_engine(home, n, build_missing) for n in names})
+            engines[name] = load_engine(home, name, version, build_missing)
+        else:
+            engines = {n: load_engine(home, n, None, build_missing) for n in names}
+        return cls(engines, loader=lambda n, v: load_engine(home, n, v, build_missing),
+                   on_disk=lambda: {n: model_versions(home, n) for n in model_names(home)}, default=default)
+
+    def served(self) -> list[Engine]:
+        """Every loaded engine, by model name then version."""
+        return [e for name in sorted(self._served) for _, e in sorted(self._served[name].items())]
+
+    def default_name(self) -> str | None:
+        if self._default is not None:
+            return split_ref(self._default)[0]
+        return next(iter(self._served), None)
 
     def get(self, ref: str | None) -> Engine:
-        """The engine for ``"name"`` or ``"name/version"`` (None: the default).
+        """The engine for ``"name"`` (its newest loaded version), ``"name/version"``, or None (the default).
 
         Raises:
             NotFound: no such model or version is served (param ``model``).
         """
-        if not self.engines:
+        if not any(self._served.values()):
             raise NotFound("no model is served", param="model")
         if ref is None:
-            return next(iter(self.engines.values()))
-        name = ref.split("/")[0]
-        engine = self.engines.get(name)
-        if engine is None or ("/" in ref and engine.model_ref != ref):
-            raise NotFound(f"model {ref!r} is not served; served: {sorted(e.model_ref for e in self.engines.values())}",
+            ref = self._default or self.default_name()
+        assert ref is not None
+        name, version = split_ref(ref)
+        versions = self._served.get(name) or {}
+        engine = versions.get(version) if version is not None else (versions[max(versions)] if versions else None)
+        if engine is None:
+            raise NotFound(f"model {ref!r} is not served; served: {[e.model_ref for e in self.served()]}",
                            param="model")
         return engine
+
+    def load(self, name: str, version: int) -> Engine:
+        """Load a version and serve it (blocking: call from a worker thread). A failure leaves what serves
+        untouched and is recorded (state ``failed``, the error) for :meth:`describe`.
+
+        Raises:
+            NotFound: no such version on disk (or no loader).
+            LoadFailed: loading raised; the message says why.
+        """
+        if self._loader is None or version not in self._disk().get(name, []):
+            raise NotFound(f"model {name}/{version} is not in the registry", param="model")
+        ref = f"{name}/{version}"
+        with self._lock:
+            before = self._newest(name)
+            try:
+                engine = self._loader(name, version)
+            except Exception as e:  # any load failure is reported, never fatal to what serves
+                log.warning("loading %s failed: %s", ref, e)
+                self._state[(name, version)] = VersionInfo(version, "failed", error=f"{type(e).__name__}: {e}")
+                self._notify("load", ref, "failure")
+                raise LoadFailed(f"loading {ref} failed ({type(e).__name__}: {e}); "
+                                 f"still serving {[x.model_ref for x in self.served()]}", param="model") from e
+            self._served = {**self._served, name: {**self._served.get(name, {}), version: engine}}
+            self._state.pop((name, version), None)
+            self._notify("load", ref, "success")
+            if before is not None and before != self._newest(name):
+                self._notify("swap", ref, "success")
+        log.info("loaded %s on %s", ref, engine.index_ref)
+        return engine
+
+    def unload(self, name: str, version: int) -> None:
+        """Stop serving a version; requests already queued on it still finish.
+
+        Raises:
+            NotFound: that version is not loaded.
+        """
+        ref = f"{name}/{version}"
+        with self._lock:
+            if version not in self._served.get(name, {}):
+                raise NotFound(f"model {ref} is not loaded", param="model")
+            rest = {v: e for v, e in self._served[name].items() if v != version}
+            self._served = {**{n: vs for n, vs in self._served.items() if n != name}, **({name: rest} if rest else {})}
+            self._state[(name, version)] = VersionInfo(version, "unloaded")
+            self._notify("unload", ref, "success")
+        log.info("unloaded %s", ref)
+
+    def describe(self) -> dict[str, list[VersionInfo]]:
+        """Every model on disk or served, with each version's state, by name."""
+        disk = self._disk()
+        out: dict[str, list[VersionInfo]] = {}
+        for name in sorted(set(disk) | set(self._served)):
+            served = self._served.get(name, {})
+            infos = []
+            for v in sorted(set(disk.get(name, [])) | set(served)):
+                if v in served:
+                    infos.append(VersionInfo(v, "ready", index=served[v].index_ref))
+                else:
+                    infos.append(self._state.get((name, v), VersionInfo(v, "available")))
+            out[name] = infos
+        return out
+
+    def _disk(self) -> dict[str, list[int]]:
+        return self._on_disk() if self._on_disk is not None else {n: sorted(vs) for n, vs in self._served.items()}
+
+    def _newest(self, name: str) -> int | None:
+        return max(self._served.get(name, {}), default=None)
+
+    def _notify(self, event: str, ref: str, result: str) -> None:
+        for f in self.observers:
+            f(event, ref, result)
+
+
+@dataclass
+class IndexInfo:
+    name: str
+    version: int
+    embedder: str  # model ref whose block embedder built it ("" when not on disk)
+    blocks: int
+    created_at: str
+    served_by: list[str]  # model refs serving it
+
+
+def describe_indexes(home: Path, served: list[Engine]) -> list[IndexInfo]:
+    """Every index version in the home, and any served one not there, with the models serving each."""
+    by_index: dict[str, list[Engine]] = {}
+    for e in served:
+        by_index.setdefault(e.index_ref, []).append(e)
+    out = [IndexInfo(n, v, m.embedder, m.count, m.created_at, [e.model_ref for e in by_index.pop(f"{n}/{v}", [])])
+           for n, v, m in index_manifests(home)]
+    for ref, engines in by_index.items():
+        name, version = split_ref(ref)
+        out.append(IndexInfo(name, version or 0, "", engines[0].block_count, "", [e.model_ref for e in engines]))
+    return sorted(out, key=lambda i: (i.name, i.version))

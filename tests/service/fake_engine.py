@@ -17,6 +17,8 @@ class FakeEngine:
         self.model_ref, self.index_ref = model_ref, index_ref
         self.calls: list[tuple[str, list[str], int]] = []
         self.ready = True
+        self.block_count = len(BLOCKS)
+        self.reader_seq_len = 64
 
     def _rank(self, query: str, k: int) -> list[ScoredBlock]:
         words = set(query.lower().split())
