@@ -1,0 +1,239 @@
+"""Dynamic batching and backpressure: the one owner of the request queue, the batching task and the
+per-request futures.
+
+A handler calls :meth:`Batcher.answer` or :meth:`Batcher.retrieve`; the job goes into a bounded queue
+(full: :class:`Overloaded` at once, 429 with ``Retry-After``, never a wait) and the handler awaits its
+future until the request's deadline (passed: :class:`DeadlinePassed`, 504; a job not yet started is
+then dropped). One asyncio task gathers queued jobs that can share a call — same engine, same kind,
+same ``k`` or ``reader_beam_size`` — for up to ``max_queue_delay_ms`` after the oldest arrived, up to
+``max_batch_size`` jobs and, for ``/answer``, ``max_batch_tokens`` reader tokens (``reader_beam_size ×
+reader_seq_len`` per question; TEI's token budget), and runs the batch through the engine's batched
+``answer``/``retrieve`` in ONE worker thread, so the event loop stays free and torch gets one batch at a
+time (Triton's dynamic batcher, Ray Serve's ``@serve.batch``). Engines answer each question of a batch as
+if alone, so batched results equal one-at-a-time results; a batch that raises is run again one job at a
+time so only the faulty request fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.engine import Answer, Engine, Retrieval
+from service.errors import DeadlinePassed, NotReady, Overloaded
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Job:
+    kind: str  # "answer" | "retrieve"
+    engine: Engine
+    text: str
+    param: int  # reader_beam_size (answer) or k (retrieve)
+    tokens: int  # reader tokens this job adds to an /answer batch
+    enqueued: float  # time.monotonic()
+    deadline: float  # time.monotonic()
+    future: asyncio.Future[Any] = field(repr=False, default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def key(self) -> tuple[int, str, int]:
+        return id(self.engine), self.kind, self.param
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_size: int = 32
+    max_batch_tokens: int = 65536
+    max_queue_delay_s: float = 0.002
+    max_queue_size: int = 256
+    retry_after_s: int = 1
+
+
+class Batcher:
+    """Owns the queue and the batching task; :meth:`start` in the app's lifespan, :meth:`shutdown` at its end."""
+
+    def __init__(self, limits: BatchLimits, metrics: Metrics | None = None) -> None:
+        self.limits = limits
+        self.metrics = metrics
+        self._jobs: deque[_Job] = deque()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._running: list[_Job] = []
+        self._closing = False
+
+    # --- handler side -------------------------------------------------------------------------------
+
+    def depth(self) -> int:
+        """Jobs waiting for the engine (not counting the batch running)."""
+        return len(self._jobs)
+
+    async def answer(self, engine: Engine, question: str, reader_beam_size: int, timeout_s: float) -> Answer:
+        tokens = reader_beam_size * engine.reader_seq_len
+        return await self._submit(_Job("answer", engine, question, reader_beam_size, tokens,  # type: ignore[no-any-return]
+                                       *self._times(timeout_s)))
+
+    async def retrieve(self, engine: Engine, query: str, k: int, timeout_s: float) -> Retrieval:
+        return await self._submit(_Job("retrieve", engine, query, k, 0,  # type: ignore[no-any-return]
+                                        *self._times(timeout_s)))
+
+    @staticmethod
+    def _times(timeout_s: float) -> tuple[float, float]:
+        now = time.monotonic()
+        return now, now + timeout_s
+
+    async def _submit(self, job: _Job) -> Any:
+        if self._closing or self._task is None:
+            self._reject("shutdown")
+            raise NotReady("the server is shutting down" if self._closing else "the batcher is not running")
+        if len(self._jobs) >= self.limits.max_queue_size:
+            self._reject("overloaded")
+            raise Overloaded(f"the queue holds {len(self._jobs)} requests, its limit; retry later", param=None,
+                             headers={"Retry-After": str(self.limits.retry_after_s)})
+        self._jobs.append(job)
+        assert self._wake is not None
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(job.future, max(0.0, job.deadline - time.monotonic()))
+        except asyncio.TimeoutError:  # wait_for cancelled the future: the batcher drops the job if not started
+            self._reject("deadline")
+            raise DeadlinePassed(f"no answer within {1e3 * (job.deadline - job.enqueued):.0f} ms",
+                                 param="timeout_ms") from None
+
+    def _reject(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected.labels(reason).inc()
+
+    # --- batching task ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the batching task and the worker thread (call inside the running event loop)."""
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="realmqa-engine")
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="realmqa-batcher")
+
+    async def _loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            while not self._jobs:
+                self._wake.clear()
+                await self._wake.wait()
+            await self._gather_window()
+            batch = self._take_batch()
+            if batch:
+                await self._run(batch)
+
+    async def _gather_window(self) -> None:
+        """Wait until ``max_queue_delay`` after the oldest job arrived, or a full batch is queued."""
+        assert self._wake is not None
+        end = self._jobs[0].enqueued + self.limits.max_queue_delay_s
+        while len(self._jobs) < self.limits.max_batch_size and (left := end - time.monotonic()) > 0:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except asyncio.TimeoutError:
+                break
+
+    def _take_batch(self) -> list[_Job]:
+        """The oldest live job and the queued jobs that can share its call, within the limits; drops the
+        jobs whose handler gave up (deadline passed)."""
+        now = time.monotonic()
+        batch: list[_Job] = []
+        rest: deque[_Job] = deque()
+        tokens = 0
+        for job in self._jobs:
+            if job.future.done():  # cancelled: its deadline passed while queued
+                continue
+            if job.deadline <= now:
+                job.future.set_exception(DeadlinePassed("deadline passed while queued", param="timeout_ms"))
+                continue
+            fits = (not batch or (job.key() == batch[0].key() and len(batch) < self.limits.max_batch_size
+                                  and tokens + job.tokens <= self.limits.max_batch_tokens))
+            if fits:
+                batch.append(job)
+                tokens += job.tokens
+            else:
+                rest.append(job)
+        self._jobs = rest
+        return batch
+
+    async def _run(self, batch: list[_Job]) -> None:
+        started = time.monotonic()
+        m = self.metrics
+        if m is not None:
+            m.batch_size.labels(batch[0].kind).observe(len(batch))
+            for job in batch:
+                m.queue_wait.observe(started - job.enqueued)
+        self._running = batch
+        assert self._executor is not None
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, _call_batch, batch)
+        finally:
+            self._running = []
+        for job, res in zip(batch, results):
+            if job.future.done():
+                continue
+            if isinstance(res, BaseException):
+                job.future.set_exception(res)
+            else:
+                if m is not None:
+                    m.observe_stages(job.engine.model_ref, res.timings_ms)
+                job.future.set_result(res)
+
+    # --- shutdown -----------------------------------------------------------------------------------
+
+    async def shutdown(self, bound_s: float) -> None:
+        """Refuse new jobs (503), let queued and running ones finish for up to ``bound_s``, then answer the
+        rest with 503 and stop the task and the worker thread."""
+        self._closing = True
+        end = time.monotonic() + bound_s
+        while (self._jobs or self._running) and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        left = [j for j in (*self._jobs, *self._running) if not j.future.done()]
+        for job in left:
+            self._reject("shutdown")
+            job.future.set_exception(NotReady("the server shut down before this request ran"))
+        if left:
+            log.warning("shutdown: %d queued requests answered 503 after %.1f s", len(left), bound_s)
+        self._jobs.clear()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+_CALLS: dict[str, Callable[[Engine, list[str], int], list[Any]]] = {
+    "answer": lambda e, texts, p: list(e.answer(texts, p)),
+    "retrieve": lambda e, texts, p: list(e.retrieve(texts, p)),
+}
+
+
+def _call_batch(batch: list[_Job]) -> list[Any]:
+    """In the worker thread: one engine call for the batch; if it raises, one call per job so only the
+    faulty job fails (e.g. a question with no wordpieces). Returns a result or an exception per job."""
+    first = batch[0]
+    call = _CALLS[first.kind]
+    try:
+        return call(first.engine, [j.text for j in batch], first.param)
+    except Exception as e:  # noqa: BLE001 — re-run alone below, each job gets its own outcome
+        if len(batch) == 1:
+            return [e]
+    out: list[Any] = []
+    for job in batch:
+        try:
+            out.extend(call(job.engine, [job.text], job.param))
+        except Exception as e:  # noqa: BLE001 — delivered to the job's future, raised in its handler
+            out.append(e)
+    return out

@@ -1,0 +1,137 @@
+"""Prometheus metrics, one :class:`prometheus_client.CollectorRegistry` per app (never the global default,
+so a process — or a test session — can hold many apps), and the ASGI middleware that counts requests.
+
+Names follow Prometheus conventions: durations in ``_seconds``, counters end in ``_total``, one metric per
+quantity with labels for its dimensions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.engine import Engine
+
+# Buckets, chosen per stage from what each one costs (CPU figures from this project; GPU and large indexes
+# move the tails, and the wide ends keep those in range):
+# - queue wait: ~0 when idle, max_queue_delay_ms (2 ms by default) when gathering, up to seconds when the
+#   queue backs up behind running batches — so fine steps below 10 ms and coarse ones up to 10 s.
+QUEUE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# - embed: one MiniLM/BERT pass over a batch of short questions, ~2 ms (one question, tiny model) to a few
+#   hundred ms (a batch of 32 on BERT-base, CPU).
+EMBED_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# - search: exact MIPS over the bundled 21k blocks is well under 5 ms; REALM's 13M-block Flat index takes
+#   seconds on CPU — so the buckets start at 0.1 ms and reach 5 s.
+SEARCH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# - read: the costly stage, reader_beam_size rows of up to 384 tokens per question: ~20 ms (one question,
+#   small model) to ~10 s (a batch of 32 questions × 5 blocks on CPU).
+READ_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
+# - total request: the sum, up to the default request_timeout_ms (30 s) where a 504 ends it.
+TOTAL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
+# - batch size: powers of two up to well past the default max_batch_size (32).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+# Engine timing keys → stage names (service.engine's timings_ms).
+_STAGES = {"embed_ms": "embed", "search_ms": "search", "read_ms": "read"}
+
+
+class Metrics:
+    """Every realmqa metric, registered in its own registry."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("realmqa_requests", "HTTP requests by route and status", ["route", "method", "status"],
+                                registry=r)
+        self.request_duration = Histogram("realmqa_request_duration_seconds", "HTTP request latency, arrival to "
+                                          "response", ["route"], buckets=TOTAL_BUCKETS, registry=r)
+        self.in_flight = Gauge("realmqa_requests_in_flight", "HTTP requests being handled", registry=r)
+        self.queue_wait = Histogram("realmqa_queue_wait_seconds", "time a request waited in the batch queue",
+                                    buckets=QUEUE_BUCKETS, registry=r)
+        self.stages = {
+            "embed": Histogram("realmqa_embed_duration_seconds", "question embedding time of the request's batch",
+                               ["model"], buckets=EMBED_BUCKETS, registry=r),
+            "search": Histogram("realmqa_search_duration_seconds", "MIPS time of the request's batch", ["model"],
+                                buckets=SEARCH_BUCKETS, registry=r),
+            "read": Histogram("realmqa_read_duration_seconds", "reader time of the request's batch", ["model"],
+                              buckets=READ_BUCKETS, registry=r),
+        }
+        self.batch_size = Histogram("realmqa_batch_size", "requests per engine call", ["kind"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("realmqa_queue_depth", "requests waiting in the batch queue", registry=r)
+        self.rejected = Counter("realmqa_rejected_requests", "requests refused or dropped by the batcher",
+                                ["reason"], registry=r)
+        self.model_info = Gauge("realmqa_model_info", "1 for each loaded model version and the index it serves",
+                                ["model", "version", "index", "index_version"], registry=r)
+        self.index_blocks = Gauge("realmqa_index_blocks", "blocks in each index version served",
+                                  ["index", "version"], registry=r)
+        self.loads = Counter("realmqa_model_loads", "model version loads by result", ["model", "result"], registry=r)
+        self.unloads = Counter("realmqa_model_unloads", "model version unloads", ["model"], registry=r)
+        self.swaps = Counter("realmqa_model_swaps", "loads that changed the version a model name serves",
+                             ["model"], registry=r)
+
+    def observe_stages(self, model_ref: str, timings_ms: dict[str, float]) -> None:
+        for key, stage in _STAGES.items():
+            if key in timings_ms:
+                self.stages[stage].labels(model_ref).observe(timings_ms[key] / 1e3)
+
+    def on_registry_event(self, event: str, ref: str, result: str) -> None:
+        """A :data:`service.registry.Observer`: counts loads, unloads and swaps."""
+        if event == "load":
+            self.loads.labels(ref, result).inc()
+        elif event == "unload":
+            self.unloads.labels(ref).inc()
+        elif event == "swap":
+            self.swaps.labels(ref.split("/")[0]).inc()
+
+    def render(self, engines: list[Engine], queue_depth: int) -> bytes:
+        """The Prometheus text format, with the model/index info and queue depth refreshed first."""
+        self.model_info.clear()
+        self.index_blocks.clear()
+        for e in engines:
+            name, _, version = e.model_ref.partition("/")
+            index, _, iversion = e.index_ref.partition("/")
+            self.model_info.labels(name, version, index, iversion).set(1)
+            self.index_blocks.labels(index, iversion).set(e.block_count)
+        self.queue_depth.set(queue_depth)
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by route template (never the raw path: bounded label values), method and
+    status, and tracks in-flight requests and their latency. Outermost, so 413s from the body limit count."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Callable[[], list]) -> None:  # type: ignore[type-arg]
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    def _route(self, scope: Scope) -> str:
+        for route in self.routes():
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return str(getattr(route, "path", "other"))
+        return "other"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.in_flight.dec()
+            route = self._route(scope)
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.request_duration.labels(route).observe(time.perf_counter() - start)
