@@ -1,9 +1,10 @@
-"""``create_app(settings)``: the FastAPI application, its lifecycle and its one error shape."""
+"""``create_app(settings)``: the FastAPI application, its lifecycle, middleware and its one error shape."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import torch
@@ -11,9 +12,12 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service.errors import InvalidInput, PayloadTooLarge, ServiceError
+from service.batching import Batcher, BatchLimits
+from service.body_limit import BodyLimitMiddleware
+from service.errors import InvalidInput, ServiceError
+from service.metrics import Metrics, MetricsMiddleware
 from service.registry import Registry
-from service.routes import answer, health, retrieve
+from service.routes import admin, answer, health, models, retrieve
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,40 +46,52 @@ async def _validation_error(request: Request, e: Exception) -> Response:
     return _error_response(InvalidInput(msg, param=param))
 
 
+def batch_limits(settings: Settings) -> BatchLimits:
+    return BatchLimits(settings.max_batch_size, settings.max_batch_tokens, settings.max_queue_delay_ms / 1e3,
+                       settings.max_queue_size, settings.retry_after_s)
+
+
 def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     """The realmqa HTTP application.
 
     Args:
         settings: the validated settings.
-        registry: engines to serve; None loads every model in ``settings.home`` at start (lifespan).
+        registry: models to serve; None loads the models of ``settings.home`` at start (lifespan).
     """
+    metrics = Metrics()
+    batcher = Batcher(batch_limits(settings), metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         if app.state.registry is None:
-            app.state.registry = Registry.load(settings.home, settings.model, settings.build_missing_index)
-            log.info("serving %s", [e.model_ref + " on " + e.index_ref for e in app.state.registry.engines.values()])
+            app.state.registry = await asyncio.to_thread(
+                Registry.from_home, settings.home, settings.model, settings.build_missing_index,
+                settings.default_model)
+            log.info("serving %s", [e.model_ref + " on " + e.index_ref for e in app.state.registry.served()])
+        app.state.registry.observers.append(metrics.on_registry_event)
+        batcher.start()
         try:
             yield
         finally:
+            await batcher.shutdown(settings.shutdown_timeout_s)
             app.state.registry = None
 
     app = FastAPI(title="realmqa", lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
+    app.state.batcher = batcher
+    app.state.metrics = metrics
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > settings.max_body_bytes:
-            return _error_response(PayloadTooLarge(
-                f"request body of {size} bytes is larger than {settings.max_body_bytes}", param=None))
-        return await call_next(request)
-
-    for module in (answer, retrieve, health):
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, respond=_error_response)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
+    for module in (answer, retrieve, health, models, admin):
         app.include_router(module.router)
     return app
+
+
+async def begin_shutdown(app: FastAPI) -> None:
+    """SIGTERM: refuse new work, let queued work finish within ``shutdown_timeout_s``, answer the rest 503."""
+    await app.state.batcher.shutdown(app.state.settings.shutdown_timeout_s)

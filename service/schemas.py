@@ -10,6 +10,7 @@ class AnswerRequest(BaseModel):
     question: str = Field(min_length=1, description="the question; at most max_question_chars characters")
     model: str | None = Field(None, description="model name or name/version; the default model if absent")
     reader_beam_size: int | None = Field(None, ge=1, description="blocks the reader reads")
+    timeout_ms: float | None = Field(None, gt=0, description="deadline from arrival, ms (at most request_timeout_ms)")
 
 
 class RetrieveRequest(BaseModel):
@@ -17,6 +18,7 @@ class RetrieveRequest(BaseModel):
     query: str = Field(min_length=1)
     k: int | None = Field(None, ge=1, description="blocks to return")
     model: str | None = None
+    timeout_ms: float | None = Field(None, gt=0, description="deadline from arrival, ms (at most request_timeout_ms)")
 
 
 class BlockOut(BaseModel):
@@ -56,3 +58,37 @@ class RetrieveResponse(BaseModel):
     blocks: list[RankedBlockOut]
     model: str
     index: str
+
+
+class ModelVersionOut(BaseModel):
+    version: int
+    state: str = Field(description="ready | available | unloaded | failed")
+    index: str | None = Field(None, description="index name/version served, when ready")
+    error: str | None = Field(None, description="why the last load failed, when failed")
+
+
+class ModelOut(BaseModel):
+    name: str
+    default: bool
+    versions: list[ModelVersionOut]
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelOut]
+
+
+class IndexVersionOut(BaseModel):
+    version: int
+    embedder: str = Field(description="model name/version whose block embedder built it")
+    blocks: int
+    created_at: str
+    served_by: list[str] = Field(description="model versions serving this index version")
+
+
+class IndexOut(BaseModel):
+    name: str
+    versions: list[IndexVersionOut]
+
+
+class IndexesResponse(BaseModel):
+    indexes: list[IndexOut]

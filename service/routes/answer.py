@@ -1,27 +1,27 @@
-"""``POST /answer``: retrieve-then-read one question."""
+"""``POST /answer``: retrieve-then-read one question, through the batcher."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
 
-from service.deps import RegistryDep, SettingsDep
+from service.deps import BatcherDep, RegistryDep, SettingsDep
 from service.errors import InvalidInput
-from service.routes.common import check_text
+from service.routes.common import check_text, timeout_s
 from service.schemas import AnswerRequest, AnswerResponse, BlockOut, CandidateOut
 
 router = APIRouter()
 
 
 @router.post("/answer", response_model=AnswerResponse)
-async def answer(req: AnswerRequest, settings: SettingsDep, registry: RegistryDep) -> AnswerResponse:
+async def answer(req: AnswerRequest, settings: SettingsDep, registry: RegistryDep,
+                 batcher: BatcherDep) -> AnswerResponse:
     check_text(req.question, "question", settings)
     beam = req.reader_beam_size or settings.default_reader_beam_size
     if beam > settings.max_reader_beam_size:
         raise InvalidInput(f"reader_beam_size must be at most {settings.max_reader_beam_size}",
                            param="reader_beam_size")
     engine = registry.get(req.model)
-    a = (await run_in_threadpool(engine.answer, [req.question], beam))[0]
+    a = await batcher.answer(engine, req.question, beam, timeout_s(req.timeout_ms, settings))
     b = a.best.block
     return AnswerResponse(
         answer=a.best.answer, score=a.best.score, start_char=a.best.start_char, end_char=a.best.end_char,

@@ -1,11 +1,12 @@
-"""``GET /healthz`` (the process is alive) and ``GET /readyz`` (a model answers through its index)."""
+"""``GET /healthz`` (alive), ``GET /readyz`` (every served model answers through its index), ``GET /metrics``."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import RegistryDep
+from service.deps import BatcherDep, MetricsDep, RegistryDep
 from service.errors import NotReady
 
 router = APIRouter()
@@ -18,8 +19,14 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(registry: RegistryDep) -> dict[str, object]:
-    if not registry.engines:
+    engines = registry.served()
+    if not engines:
         raise NotReady("no model is loaded")
-    for engine in registry.engines.values():
+    for engine in engines:
         await run_in_threadpool(engine.check)
-    return {"status": "ready", "models": [e.model_ref for e in registry.engines.values()]}
+    return {"status": "ready", "models": [e.model_ref for e in engines]}
+
+
+@router.get("/metrics")
+async def metrics(metrics: MetricsDep, registry: RegistryDep, batcher: BatcherDep) -> Response:
+    return Response(metrics.render(registry.served(), batcher.depth()), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,30 @@
+"""``GET /v1/models`` and ``GET /v1/indexes``: what the registry holds and what serves (read-only, open)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.deps import RegistryDep, SettingsDep
+from service.registry import describe_indexes
+from service.schemas import IndexesResponse, IndexOut, IndexVersionOut, ModelOut, ModelsResponse, ModelVersionOut
+
+router = APIRouter()
+
+
+@router.get("/v1/models", response_model=ModelsResponse)
+async def list_models(registry: RegistryDep) -> ModelsResponse:
+    default = registry.default_name()
+    return ModelsResponse(models=[
+        ModelOut(name=name, default=name == default,
+                 versions=[ModelVersionOut(version=v.version, state=v.state, index=v.index, error=v.error)
+                           for v in versions])
+        for name, versions in registry.describe().items()])
+
+
+@router.get("/v1/indexes", response_model=IndexesResponse)
+async def list_indexes(settings: SettingsDep, registry: RegistryDep) -> IndexesResponse:
+    by_name: dict[str, list[IndexVersionOut]] = {}
+    for i in describe_indexes(settings.home, registry.served()):
+        by_name.setdefault(i.name, []).append(IndexVersionOut(
+            version=i.version, embedder=i.embedder, blocks=i.blocks, created_at=i.created_at, served_by=i.served_by))
+    return IndexesResponse(indexes=[IndexOut(name=n, versions=vs) for n, vs in by_name.items()])
