@@ -11,28 +11,61 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.settings import Settings
+from service.settings import CONFIG_FILE_ENV, Settings, env_name, load_settings
 
 log = logging.getLogger("realmqa")
 
 
-def _settings(**overrides: Any) -> Settings:
+def _settings(config_file: str | None = None, **overrides: Any) -> Settings:
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return load_settings(Path(config_file) if config_file else None, **overrides)
     except ValidationError as e:
         for err in e.errors():
             field = ".".join(str(x) for x in err["loc"])
-            print(f"realmqa: setting {field} (REALMQA_{field.upper()}): {err['msg']}", file=sys.stderr)
+            where = f"setting {field} ({env_name(field)})" if field else "settings"
+            print(f"realmqa: {where}: {err['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValueError as e:  # the config file
+        print(f"realmqa: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
+_METAVARS = {"<class 'int'>": "N", "<class 'float'>": "X", "<class 'bool'>": "BOOL", "<class 'pathlib.Path'>": "DIR"}
+
+
+def _add_setting_flags(p: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per setting, with its environment variable and default in the help."""
+    g = p.add_argument_group("settings (flag > environment > config file > default)")
+    for name, f in Settings.model_fields.items():
+        default = f.default if f.default is not None else "none"
+        g.add_argument("--" + name.replace("_", "-"), dest=name, metavar=_METAVARS.get(str(f.annotation), "TEXT"),
+                       help=f"{f.description} (env {env_name(name)}, default {default})")
+
+
 def cmd_serve(a: argparse.Namespace) -> None:
+    import asyncio
+
     import uvicorn
 
-    from service.app import create_app
+    from service.app import begin_shutdown, create_app
 
-    settings = _settings(home=a.home, host=a.host, port=a.port, model=a.model)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    settings = _settings(a.config, **{name: getattr(a, name) for name in Settings.model_fields})
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        """On SIGTERM/SIGINT the batcher refuses new work and drains within ``shutdown_timeout_s``, while
+        uvicorn stops accepting connections and waits for the handlers (a little longer, so that
+        requests still queued at the bound get their 503)."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not self.should_exit:
+                loop = asyncio.get_event_loop()
+                loop.call_soon_threadsafe(lambda: loop.create_task(begin_shutdown(app)))
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                            timeout_graceful_shutdown=int(settings.shutdown_timeout_s) + 5)
+    Server(config).run()
 
 
 def cmd_index_build(a: argparse.Namespace) -> None:
@@ -79,11 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="realmqa", description="REALM-style open-domain QA served over HTTP")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="serve the HTTP API (the bundled default without --home)")
-    s.add_argument("--home", help="registry home with models/ and indexes/ (env REALMQA_HOME)")
-    s.add_argument("--host", help="address to bind (env REALMQA_HOST, default 127.0.0.1)")
-    s.add_argument("--port", type=int, help="port (env REALMQA_PORT, default 8000)")
-    s.add_argument("--model", help="serve only this model (env REALMQA_MODEL)")
+    s = sub.add_parser("serve", help="serve the HTTP API (the bundled default without --home)",
+                       description="Serve the HTTP API. Every setting below can also be set by its environment "
+                                   "variable or in a config file (TOML or JSON keys = setting names; .env "
+                                   "lines = REALMQA_* variables).")
+    s.add_argument("--config", help=f"config file: .toml, .json or .env (env {CONFIG_FILE_ENV})")
+    _add_setting_flags(s)
     s.set_defaults(func=cmd_serve)
 
     ix = sub.add_parser("index", help="index commands").add_subparsers(dest="index_command", required=True)
