@@ -1,0 +1,31 @@
+"""A fake engine whose calls wait on a :class:`threading.Event`: holds the worker thread so that tests can
+fill the queue, pass deadlines and shut down with work queued."""
+
+from __future__ import annotations
+
+import threading
+
+from service.engine import Answer, Retrieval
+from service.errors import InvalidInput
+from tests.service.fake_engine import FakeEngine
+
+
+class BlockingEngine(FakeEngine):
+    def __init__(self, model_ref: str = "fake/1") -> None:
+        super().__init__(model_ref)
+        self.gate = threading.Event()
+        self.entered = threading.Event()  # set when a call is waiting at the gate
+
+    def _wait(self) -> None:
+        self.entered.set()
+        assert self.gate.wait(30), "test never opened the gate"
+
+    def answer(self, questions: list[str], reader_beam_size: int) -> list[Answer]:
+        self._wait()
+        if any("bad" in q for q in questions):
+            raise InvalidInput("question has no tokens", param="question")
+        return super().answer(questions, reader_beam_size)
+
+    def retrieve(self, queries: list[str], k: int) -> list[Retrieval]:
+        self._wait()
+        return super().retrieve(queries, k)
