@@ -86,9 +86,12 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, respond=_error_response)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
-    for module in (answer, retrieve, health, models, admin):
-        app.include_router(module.router)
+    routers = [m.router for m in (answer, retrieve, health, models, admin)]
+    static_paths = frozenset(str(r.path) for router in routers for r in router.routes
+                             if "{" not in str(getattr(r, "path", "{")))
+    app.add_middleware(MetricsMiddleware, metrics=metrics, static_paths=static_paths)
+    for router in routers:
+        app.include_router(router)
     return app
 
 

@@ -8,10 +8,8 @@ quantity with labels for its dimensions.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.engine import Engine
@@ -104,15 +102,16 @@ class MetricsMiddleware:
     """Counts every HTTP request by route template (never the raw path: bounded label values), method and
     status, and tracks in-flight requests and their latency. Outermost, so 413s from the body limit count."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Callable[[], list]) -> None:  # type: ignore[type-arg]
-        self.app, self.metrics, self.routes = app, metrics, routes
+    def __init__(self, app: ASGIApp, metrics: Metrics, static_paths: frozenset[str]) -> None:
+        self.app, self.metrics, self.static_paths = app, metrics, static_paths
 
     def _route(self, scope: Scope) -> str:
-        for route in self.routes():
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return str(getattr(route, "path", "other"))
-        return "other"
+        """The matched route's template (set by the router); for requests answered before routing (413
+        from the body limit), the path itself when it is one of the app's fixed paths; else "other"."""
+        path = getattr(scope.get("route"), "path", None)
+        if isinstance(path, str):
+            return path
+        return str(scope["path"]) if scope["path"] in self.static_paths else "other"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
