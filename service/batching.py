@@ -67,7 +67,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._running: list[_Job] = []
-        self._closing = False
+        self._closed = False
 
     # --- handler side -------------------------------------------------------------------------------
 
@@ -90,9 +90,9 @@ class Batcher:
         return now, now + timeout_s
 
     async def _submit(self, job: _Job) -> Any:
-        if self._closing or self._task is None:
+        if self._closed or self._task is None:
             self._reject("shutdown")
-            raise NotReady("the server is shutting down" if self._closing else "the batcher is not running")
+            raise NotReady("the server has shut down" if self._closed else "the batcher is not running")
         if len(self._jobs) >= self.limits.max_queue_size:
             self._reject("overloaded")
             raise Overloaded(f"the queue holds {len(self._jobs)} requests, its limit; retry later", param=None,
@@ -115,7 +115,7 @@ class Batcher:
 
     def start(self) -> None:
         """Start the batching task and the worker thread (call inside the running event loop)."""
-        self._closing = False
+        self._closed = False
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="realmqa-engine")
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="realmqa-batcher")
@@ -191,12 +191,16 @@ class Batcher:
     # --- shutdown -----------------------------------------------------------------------------------
 
     async def shutdown(self, bound_s: float) -> None:
-        """Refuse new jobs (503), let queued and running ones finish for up to ``bound_s``, then answer the
-        rest with 503 and stop the task and the worker thread."""
-        self._closing = True
+        """Let queued and running jobs finish for up to ``bound_s``, then answer the rest with 503, refuse new
+        jobs (503) and stop the task and the worker thread.
+
+        Jobs submitted during the drain are still taken: they come from requests the server accepted before
+        it stopped accepting connections (uvicorn closes the listener and ends keep-alive on SIGTERM), so
+        their number is bounded."""
         end = time.monotonic() + bound_s
         while (self._jobs or self._running) and time.monotonic() < end:
             await asyncio.sleep(0.01)
+        self._closed = True
         left = [j for j in (*self._jobs, *self._running) if not j.future.done()]
         for job in left:
             self._reject("shutdown")

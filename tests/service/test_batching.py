@@ -143,7 +143,7 @@ def test_faulty_job_fails_alone() -> None:
     assert not isinstance(out[0], Exception) and not isinstance(out[2], Exception)
 
 
-def test_shutdown_drains_queued_work_and_refuses_new() -> None:
+def test_shutdown_drains_queued_work_then_refuses_new() -> None:
     e = BlockingEngine()
 
     async def body(b: Batcher) -> None:
@@ -151,11 +151,13 @@ def test_shutdown_drains_queued_work_and_refuses_new() -> None:
         await asyncio.to_thread(e.entered.wait, 5)
         stopping = asyncio.ensure_future(b.shutdown(10))
         await asyncio.sleep(0.05)
-        with pytest.raises(NotReady):
-            await b.answer(e, "new", 1, 30)
+        jobs.append(asyncio.ensure_future(b.answer(e, "accepted before the listener closed", 1, 30)))
+        await asyncio.sleep(0.05)
         e.gate.set()
         await stopping
-        assert [a.best.answer for a in await asyncio.gather(*jobs)] == ["Denver"] * 4
+        assert [a.best.answer for a in await asyncio.gather(*jobs)] == ["Denver"] * 5
+        with pytest.raises(NotReady):
+            await b.answer(e, "new", 1, 30)
 
     run(BatchLimits(max_batch_size=1, max_queue_delay_s=0), body)
 

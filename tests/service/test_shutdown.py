@@ -1,0 +1,72 @@
+"""``realmqa serve`` on SIGTERM: stops accepting, finishes the queued requests, exits (a real process on a
+tiny random model, loopback only)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.service.test_cli import _free_port
+from tests.service.tiny_home import make_tiny_home, questions
+
+
+def _scrape(url: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text):
+        for s in fam.samples:
+            if s.name == "realmqa_requests_total" and s.labels["route"] == "/answer":
+                out["answered"] = out.get("answered", 0) + s.value
+            elif not s.labels:
+                out[s.name] = s.value
+    return out
+
+
+def test_sigterm_drains_queued_requests(tmp_path: Path) -> None:
+    home = make_tiny_home(tmp_path / "h", blocks=300)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "REALMQA_MAX_BATCH_SIZE": "1", "REALMQA_SHUTDOWN_TIMEOUT_S": "60",
+           "REALMQA_TORCH_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--home", str(home), "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/readyz", timeout=10).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.3)
+        qs = questions(16)
+        deadline = time.time() + 60
+        with ThreadPoolExecutor(len(qs)) as pool:
+            futures = [pool.submit(httpx.post, url + "/answer", json={"question": q, "reader_beam_size": 50},
+                                   timeout=120) for q in qs]
+            while True:  # every request has arrived (answered or in flight), some still queued
+                m = _scrape(url)
+                arrived = m.get("realmqa_requests_in_flight", 0) - 1 + m.get("answered", 0)
+                assert time.time() < deadline
+                if arrived >= len(qs):
+                    break
+                time.sleep(0.02)
+            assert m.get("realmqa_queue_depth", 0) >= 1, m
+            proc.send_signal(signal.SIGTERM)
+            statuses = [f.result().status_code for f in futures]
+        assert statuses == [200] * len(qs)
+        # uvicorn re-raises the captured SIGTERM once shut down, so the exit is "killed by SIGTERM", cleanly
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+        assert proc.stdout is not None and "Application shutdown complete" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
