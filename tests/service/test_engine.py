@@ -99,4 +99,4 @@ def test_registry_without_index_and_without_build_fails_clearly(tmp_path: Path) 
 
     home = make_home(tmp_path / "h")
     with pytest.raises(FileNotFoundError, match="no index"):
-        Registry.load(home, build_missing=False)
+        Registry.from_home(home, build_missing=False)
