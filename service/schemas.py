@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+TIMEOUT_DOC = "deadline, ms from when the request is queued (at most request_timeout_ms)"
+
 
 class AnswerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     question: str = Field(min_length=1, description="the question; at most max_question_chars characters")
     model: str | None = Field(None, description="model name or name/version; the default model if absent")
     reader_beam_size: int | None = Field(None, ge=1, description="blocks the reader reads")
-    timeout_ms: float | None = Field(None, gt=0, description="deadline from arrival, ms (at most request_timeout_ms)")
+    timeout_ms: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
 
 
 class RetrieveRequest(BaseModel):
@@ -18,7 +20,7 @@ class RetrieveRequest(BaseModel):
     query: str = Field(min_length=1)
     k: int | None = Field(None, ge=1, description="blocks to return")
     model: str | None = None
-    timeout_ms: float | None = Field(None, gt=0, description="deadline from arrival, ms (at most request_timeout_ms)")
+    timeout_ms: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
 
 
 class BlockOut(BaseModel):

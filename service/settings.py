@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(256, gt=0, description="requests waiting for the engine; beyond, 429 at once")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 429")
     request_timeout_ms: float = Field(
-        30000.0, gt=0, description="deadline of a request from arrival, ms (504 beyond; a request may ask less)")
+        30000.0, gt=0,
+        description="deadline of a request, ms from when it is queued (504 beyond; a request may ask less)")
     shutdown_timeout_s: float = Field(
         20.0, ge=0, description="on SIGTERM, how long queued work may still finish; the rest gets 503")
 

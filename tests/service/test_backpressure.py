@@ -42,6 +42,7 @@ def test_full_queue_is_429_with_retry_after(client: TestClient, engine: Blocking
         while client.get("/metrics").text.find("realmqa_queue_depth 2.0") < 0:
             assert time.monotonic() < deadline
             time.sleep(0.01)
+        assert client.get("/healthz").status_code == 200  # the event loop is free while the engine works
         t0 = time.monotonic()
         r = client.post("/retrieve", json={"query": "one too many"})
         assert time.monotonic() - t0 < 1.0
