@@ -135,7 +135,7 @@ class Registry:
         """Every model of the home at its newest version (or only ``only``), loaded now.
 
         Raises:
-            NotFound: ``only`` is not in the home.
+            NotFound: ``only`` is not in the home, or ``default`` is not loaded.
         """
         names = model_names(home)
         engines: dict[str, Engine] = {}
@@ -146,6 +146,9 @@ class Registry:
             engines[name] = load_engine(home, name, version, build_missing)
         else:
             engines = {n: load_engine(home, n, None, build_missing) for n in names}
+        if default is not None and split_ref(default)[0] not in engines:
+            raise NotFound(f"default model {default!r} is not among the models loaded: {sorted(engines)}",
+                           param="default_model")
         return cls(engines, loader=lambda n, v: load_engine(home, n, v, build_missing),
                    on_disk=lambda: {n: model_versions(home, n) for n in model_names(home)}, default=default)
 

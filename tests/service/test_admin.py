@@ -113,3 +113,12 @@ def test_real_failing_load_on_disk_keeps_serving(tmp_path: Path) -> None:
             "version": 1, "embedder": "tiny/1", "blocks": 20,
             "created_at": json.loads((home / "indexes/tiny/1/manifest.json").read_text())["created_at"],
             "served_by": ["tiny/1"]}]}]
+
+
+def test_default_model_must_be_loaded(tmp_path: Path) -> None:
+    from service.errors import NotFound
+
+    home = make_tiny_home(tmp_path / "h", blocks=10)
+    with pytest.raises(NotFound, match="default model 'other'"):
+        Registry.from_home(home, build_missing=False, default="other")
+    assert Registry.from_home(home, build_missing=False, default="tiny/1").get(None).model_ref == "tiny/1"
