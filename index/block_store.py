@@ -40,6 +40,12 @@ class BlockStoreWriter:
         if len(self._rows["id"]) >= self._batch_rows:
             self._flush()
 
+    def add_table(self, table: pa.Table) -> None:
+        """Append a whole table of blocks (schema :data:`SCHEMA`) without per-block Python objects."""
+        self._flush()
+        self._writer.write_table(table.cast(SCHEMA))
+        self.count += table.num_rows
+
     def _flush(self) -> None:
         if self._rows["id"]:
             self._writer.write_batch(pa.record_batch(self._rows, schema=SCHEMA))
