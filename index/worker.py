@@ -93,7 +93,7 @@ def submit_job(home: Path, index: str, model: str, corpus: str, factory: str = "
     Raises:
         ValueError: ``factory`` is not a faiss factory string.
     """
-    new_index(8 if "PQ" not in factory else 64, factory)  # fails early on a bad string
+    new_index(768, factory)  # fails early on a bad string (768: divisible by the usual PQ sub-quantizer counts)
     job = BuildJob(time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8], index, model, corpus, factory)
     d = jobs_dir(home)
     d.mkdir(parents=True, exist_ok=True)

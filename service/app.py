@@ -16,7 +16,7 @@ from service.batching import Batcher, BatchLimits
 from service.body_limit import BodyLimitMiddleware
 from service.errors import InvalidInput, ServiceError
 from service.metrics import Metrics, MetricsMiddleware
-from service.registry import Registry
+from service.registry import Registry, SearchParams
 from service.routes import admin, answer, health, models, retrieve
 from service.settings import Settings
 
@@ -46,6 +46,17 @@ async def _validation_error(request: Request, e: Exception) -> Response:
     return _error_response(InvalidInput(msg, param=param))
 
 
+async def _poll_indexes(registry: Registry, interval_s: float) -> None:
+    """Every ``interval_s``, swap in index versions published since the last look (see
+    :meth:`Registry.poll_indexes`)."""
+    while True:
+        try:
+            await asyncio.to_thread(registry.poll_indexes)
+        except Exception:  # a failing poll must not end polling
+            log.exception("polling for index versions failed")
+        await asyncio.sleep(interval_s)
+
+
 def batch_limits(settings: Settings) -> BatchLimits:
     return BatchLimits(settings.max_batch_size, settings.max_batch_tokens, settings.max_queue_delay_ms / 1e3,
                        settings.max_queue_size, settings.retry_after_s)
@@ -68,13 +79,17 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         if app.state.registry is None:
             app.state.registry = await asyncio.to_thread(
                 Registry.from_home, settings.home, settings.model, settings.build_missing_index,
-                settings.default_model)
+                settings.default_model, SearchParams(settings.nprobe, settings.ef_search))
             log.info("serving %s", [e.model_ref + " on " + e.index_ref for e in app.state.registry.served()])
         app.state.registry.observers.append(metrics.on_registry_event)
         batcher.start()
+        poller = (asyncio.create_task(_poll_indexes(app.state.registry, settings.index_poll_interval_s))
+                  if settings.index_poll_interval_s else None)
         try:
             yield
         finally:
+            if poller is not None:
+                poller.cancel()
             await batcher.shutdown(settings.shutdown_timeout_s)
             app.state.registry = None
 

@@ -1,4 +1,4 @@
-"""The ``realmqa`` command line: serve, index build, convert-hf, eval, train-reader."""
+"""The ``realmqa`` command line: serve, index build / worker / submit, convert-hf, eval, train-reader."""
 
 from __future__ import annotations
 
@@ -84,6 +84,29 @@ def cmd_index_build(a: argparse.Namespace) -> None:
     print(f"{m.name}/{m.version}")
 
 
+def cmd_index_worker(a: argparse.Namespace) -> None:
+    from index.worker import IndexWorker, WorkerOptions
+
+    settings = _settings(None, home=a.home)
+    opts = WorkerOptions(chunk_blocks=a.chunk_blocks, batch_size=a.batch_size, train_sample=a.train_sample,
+                         nprobe=settings.nprobe, ef_search=settings.ef_search, chunk_pause_s=a.chunk_pause_s,
+                         poll_s=a.poll_s, service_url=a.service_url, admin_token=settings.admin_token)
+    worker = IndexWorker(settings.home, opts)
+    log.info("index worker on %s (jobs in %s)", settings.home, settings.home / "jobs")
+    if a.once:
+        while worker.run_once():
+            pass
+        return
+    worker.run_forever()
+
+
+def cmd_index_submit(a: argparse.Namespace) -> None:
+    from index.worker import submit_job
+
+    job = submit_job(Path(a.home), a.index, a.model, str(Path(a.corpus).resolve()), a.factory)
+    print(job.id)
+
+
 def cmd_convert_hf(a: argparse.Namespace) -> None:
     from index.convert_hf import convert_hf_realm
 
@@ -129,6 +152,29 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--factory", default="Flat", help="faiss index_factory string (default Flat: exact MIPS)")
     b.add_argument("--batch-size", type=int, default=64, help="texts per embedding batch")
     b.set_defaults(func=cmd_index_build)
+
+    w = ix.add_parser("worker", help="the long-running index worker: runs build jobs from HOME/jobs/",
+                      description="Runs build jobs (HOME/jobs/*.json, from `realmqa index submit` or the service's "
+                                  "POST /v1/indexes/{name}/builds): embeds resumably, validates, publishes, and "
+                                  "notifies the service with --service-url (token: REALMQA_ADMIN_TOKEN). "
+                                  "nprobe/efSearch for recall come from the settings (REALMQA_NPROBE, ...).")
+    w.add_argument("--home", required=True)
+    w.add_argument("--service-url", help="service to ask to activate each new version (else it polls)")
+    w.add_argument("--chunk-blocks", type=int, default=4096, help="blocks per resumable chunk")
+    w.add_argument("--batch-size", type=int, default=64, help="texts per embedding batch")
+    w.add_argument("--train-sample", type=int, default=262144, help="most embeddings IVF/PQ kinds train on")
+    w.add_argument("--chunk-pause-s", type=float, default=0.0, help="sleep after each chunk (throttle)")
+    w.add_argument("--poll-s", type=float, default=1.0, help="how often to look for jobs")
+    w.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
+    w.set_defaults(func=cmd_index_worker)
+
+    sj = ix.add_parser("submit", help="queue a build job for the index worker; prints its id")
+    sj.add_argument("--home", required=True)
+    sj.add_argument("--model", required=True, help="model name or name/version whose block embedder embeds")
+    sj.add_argument("--corpus", required=True, help="JSON Lines of {id, title, text}, optionally gzipped")
+    sj.add_argument("--index", required=True, help="index name")
+    sj.add_argument("--factory", default="Flat", help="faiss factory: Flat, IVF{nlist},Flat, IVF{nlist},PQ{m}, HNSW32")
+    sj.set_defaults(func=cmd_index_submit)
 
     c = sub.add_parser("convert-hf", help="turn a Hugging Face REALM checkpoint into a registry model and index")
     c.add_argument("--checkpoint", required=True,

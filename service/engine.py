@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 
 from index.block_store import Block
-from index.faiss_index import search
+from index.faiss_index import search, to_searcher
 from index.version import IndexVersion
 from realm_core.model_dir import QAModel, embed_texts
 from realm_core.reader import select_spans
@@ -47,6 +47,7 @@ class Answer:
     best: Candidate
     candidates: list[Candidate]  # best span of each block read, best first
     timings_ms: dict[str, float] = field(default_factory=dict)
+    index_ref: str = ""  # the index version this answer came from ("" if the engine does not say)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Reading:
 class Retrieval:
     blocks: list[ScoredBlock]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    index_ref: str = ""  # the index version searched ("" if the engine does not say)
 
 
 class Engine(Protocol):
@@ -84,6 +86,21 @@ class Engine(Protocol):
 
     def check(self) -> None: ...
 
+    def swap_index(self, index: IndexVersion) -> str: ...  # serve another index version; returns the old ref
+
+
+def check_pair(model: QAModel, index: IndexVersion) -> None:
+    """A model serves only indexes its own block embedder built, of its embedding dimension.
+
+    Raises:
+        ValueError: the index was built by another embedder, or its dimension differs.
+    """
+    if index.manifest.embedder != model.ref:
+        raise ValueError(f"index {index.ref} was built by {index.manifest.embedder}, not by {model.ref}")
+    if index.manifest.dim != model.query.embedder.config.dim:
+        raise ValueError(f"index {index.ref} has dim {index.manifest.dim}, "
+                         f"model {model.ref} embeds to {model.query.embedder.config.dim}")
+
 
 class QAEngine:
     """Retrieve-then-read over one model version and one index version built by its block embedder.
@@ -93,14 +110,12 @@ class QAEngine:
     """
 
     def __init__(self, model: QAModel, index: IndexVersion, read_chunk_rows: int = 16) -> None:
-        if index.manifest.embedder != model.ref:
-            raise ValueError(f"index {index.ref} was built by {index.manifest.embedder}, not by {model.ref}")
-        if index.manifest.dim != model.query.embedder.config.dim:
-            raise ValueError(f"index {index.ref} has dim {index.manifest.dim}, "
-                             f"model {model.ref} embeds to {model.query.embedder.config.dim}")
+        check_pair(model, index)
         self.model, self.index = model, index
+        # what searches: the index, or its GPU copy with its own GPU resources (used under _lock only)
+        self._searcher = to_searcher(index.index)
         self.read_chunk_rows = read_chunk_rows
-        self._lock = threading.Lock()  # one batch at a time: torch already uses every core
+        self._lock = threading.Lock()  # one batch at a time: torch already uses every core; a swap waits for it
 
     @property
     def model_ref(self) -> str:
@@ -141,7 +156,7 @@ class QAEngine:
         t0 = time.perf_counter()
         xq = embed_texts(self.model.query, queries).numpy()
         t1 = time.perf_counter()
-        D, I = search(self.index.index, xq, k)
+        D, I = search(self._searcher[0], xq, k)
         t2 = time.perf_counter()
         rows = [int(r) for r in I.ravel() if r >= 0]
         blocks = iter(self.index.blocks.get(rows))
@@ -157,7 +172,8 @@ class QAEngine:
         timings: dict[str, float] = {}
         with self._lock:
             found = self._retrieve(queries, k, timings)
-        return [Retrieval(b, dict(timings)) for b in found]
+            ref = self.index.ref
+        return [Retrieval(b, dict(timings), ref) for b in found]
 
     @torch.no_grad()
     def answer(self, questions: list[str], reader_beam_size: int) -> list[Answer]:
@@ -174,8 +190,9 @@ class QAEngine:
                 r = self.read(q, blocks)
                 results.append(self._pick(blocks, r.logits, r.inputs.block_offsets, r.starts, r.ends))
             timings["read_ms"] = (time.perf_counter() - t0) * 1e3
+            ref = self.index.ref
         for a in results:
-            a.timings_ms = dict(timings)
+            a.timings_ms, a.index_ref = dict(timings), ref
         return results
 
     @torch.no_grad()
@@ -215,6 +232,28 @@ class QAEngine:
         cands = [candidate(b, sp, sc) for b, (sc, sp) in
                  enumerate(zip(per_block.values.tolist(), per_block.indices.tolist()))]
         return Answer(best, sorted(cands, key=lambda c: -c.score))
+
+    def swap_index(self, index: IndexVersion) -> str:
+        """Serve ``index`` from the next batch on: check it (embedder, dimension, one real search), then
+        replace the one reference under the batch lock, so the batch in flight finishes on the old version
+        and every later one runs on the new; the old version is then closed. Returns the old ref.
+
+        Raises:
+            ValueError: the new index fails a check; the old one keeps serving.
+        """
+        check_pair(self.model, index)
+        searcher = to_searcher(index.index)
+        xq = embed_texts(self.model.query, ["what is this?"]).numpy()
+        _, I = search(searcher[0], xq, 1)
+        if I.size == 0 or I[0, 0] < 0:
+            raise ValueError(f"index {index.ref}: a smoke search returned no block")
+        index.blocks.get([int(I[0, 0])])
+        with self._lock:
+            old = self.index
+            self.index, self._searcher = index, searcher
+        old.blocks.close()  # no batch holds it any more: they all run under _lock
+        log.info("%s: swapped index %s -> %s", self.model.ref, old.ref, index.ref)
+        return old.ref
 
     def check(self) -> None:
         """Readiness: embed, search and read one question for real.

@@ -53,6 +53,13 @@ class Forbidden(ServiceError):
     status, type = 403, "forbidden"
 
 
+class IndexRejected(ServiceError):
+    """An index version failed its checks (files, manifest, embedder, smoke search) and was not swapped in;
+    the version serving before keeps serving."""
+
+    status, type = 409, "index_rejected"
+
+
 class LoadFailed(ServiceError):
     """A model version could not be loaded; whatever served before keeps serving."""
 

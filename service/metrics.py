@@ -70,6 +70,11 @@ class Metrics:
         self.unloads = Counter("realmqa_model_unloads", "model version unloads", ["model"], registry=r)
         self.swaps = Counter("realmqa_model_swaps", "loads that changed the version a model name serves",
                              ["model"], registry=r)
+        self.index_swaps = Counter("realmqa_index_swaps", "index version activations by index and result "
+                                   "(failure: rejected, the old version kept serving)", ["index", "result"],
+                                   registry=r)
+        self.index_version = Gauge("realmqa_index_version", "index version each loaded model version serves",
+                                   ["model", "index"], registry=r)
 
     def observe_stages(self, model_ref: str, timings_ms: dict[str, float]) -> None:
         for key, stage in _STAGES.items():
@@ -84,16 +89,21 @@ class Metrics:
             self.unloads.labels(ref).inc()
         elif event == "swap":
             self.swaps.labels(ref.split("/")[0]).inc()
+        elif event == "index_swap":
+            self.index_swaps.labels(ref.split("/")[0], result).inc()
 
     def render(self, engines: list[Engine], queue_depth: int) -> bytes:
         """The Prometheus text format, with the model/index info and queue depth refreshed first."""
         self.model_info.clear()
         self.index_blocks.clear()
+        self.index_version.clear()
         for e in engines:
             name, _, version = e.model_ref.partition("/")
             index, _, iversion = e.index_ref.partition("/")
             self.model_info.labels(name, version, index, iversion).set(1)
             self.index_blocks.labels(index, iversion).set(e.block_count)
+            if iversion.isdigit():
+                self.index_version.labels(e.model_ref, index).set(int(iversion))
         self.queue_depth.set(queue_depth)
         return generate_latest(self.registry)
 

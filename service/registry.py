@@ -6,6 +6,12 @@ version whose manifest names that model version as its embedder; when none exist
 ``default_corpus``, that index is built first. Admin calls load and unload versions while serving
 (Triton's model repository): a version that fails to load is recorded as ``failed`` with its error and
 changes nothing that serves. ``"name"`` resolves to the newest loaded version of that model.
+
+Index versions are swapped under a serving model (:meth:`Registry.activate_index`: an admin call, the index
+worker's notification, or :meth:`Registry.poll_indexes` finding a newly published version): the version is
+opened beside the serving one, validated (checksums, ``ntotal``, the embedder named in its manifest, a
+smoke search) and swapped in by :meth:`service.engine.QAEngine.swap_index`; a failure leaves the old one
+serving and raises :class:`service.errors.IndexRejected` with the reason.
 """
 
 from __future__ import annotations
@@ -18,15 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from index.build import build_index
-from index.version import IndexVersionError, Manifest, list_versions, open_version, version_files
+from index.faiss_index import set_search_params
+from index.version import IndexVersion, IndexVersionError, Manifest, list_versions, open_version, version_files
 from realm_core.model_dir import load_model_dir, resolve_path
 from service.engine import Engine, QAEngine
-from service.errors import LoadFailed, NotFound
+from service.errors import IndexRejected, InvalidInput, LoadFailed, NotFound
 
 log = logging.getLogger(__name__)
 
-# (event, model ref, result): event "load" (result "success" | "failure"), "unload", "swap" (the version
-# that "name" resolves to changed).
+# (event, ref, result): event "load" (result "success" | "failure"), "unload", "swap" (the version
+# that "name" resolves to changed) with a model ref; "index_swap" ("success" | "failure") with an index ref.
 Observer = Callable[[str, str, str], None]
 
 
@@ -62,7 +69,27 @@ def index_manifests(home: Path) -> list[tuple[str, int, Manifest]]:
     return out
 
 
-def load_engine(home: Path, name: str, version: int | None = None, build_missing: bool = True) -> QAEngine:
+@dataclass(frozen=True)
+class SearchParams:
+    """Search parameters applied to every index version when it is opened (where its kind has them)."""
+
+    nprobe: int = 16  # IVF kinds
+    ef_search: int = 64  # HNSW
+
+
+def open_index(home: Path, name: str, version: int | None, params: SearchParams) -> IndexVersion:
+    """Open and validate an index version of the home and apply the search parameters.
+
+    Raises:
+        index.version.IndexVersionError: no such version, or it fails validation.
+    """
+    iv = open_version(home / "indexes", name, version)
+    set_search_params(iv.index, params.nprobe, params.ef_search)
+    return iv
+
+
+def load_engine(home: Path, name: str, version: int | None = None, build_missing: bool = True,
+                params: SearchParams | None = None) -> QAEngine:
     """A version of model ``name`` (the newest when None) with its index (built from ``default_corpus`` if
     missing and ``build_missing``).
 
@@ -83,7 +110,7 @@ def load_engine(home: Path, name: str, version: int | None = None, build_missing
         log.info("no index for %s yet: building one from %s", model.ref, corpus)
         m = build_index(model, resolve_path(root, corpus), home / "indexes", name)
         found = (m.name, m.version)
-    return QAEngine(model, open_version(home / "indexes", *found))
+    return QAEngine(model, open_index(home, *found, params or SearchParams()))
 
 
 def split_ref(ref: str) -> tuple[str, int | None]:
@@ -116,10 +143,14 @@ class Registry:
         loader: ``(name, version) -> Engine`` for admin loads; None: loads are refused (404).
         on_disk: ``() -> {name: [versions]}`` of what could be loaded; None: only what is served.
         default: the model a request without ``"model"`` gets (name or name/version); None: the first.
+        home: where index versions are found for :meth:`activate_index` and :meth:`poll_indexes`; None: the
+            engines' indexes cannot be swapped.
+        search: search parameters applied to index versions swapped in.
     """
 
     def __init__(self, engines: dict[str, Engine] | None = None, loader: Callable[[str, int], Engine] | None = None,
-                 on_disk: Callable[[], dict[str, list[int]]] | None = None, default: str | None = None) -> None:
+                 on_disk: Callable[[], dict[str, list[int]]] | None = None, default: str | None = None,
+                 home: Path | None = None, search: SearchParams | None = None) -> None:
         self._served: dict[str, dict[int, Engine]] = {}
         for name, e in (engines or {}).items():
             self._served.setdefault(name, {})[split_ref(e.model_ref)[1] or 0] = e
@@ -128,10 +159,12 @@ class Registry:
         self._state: dict[tuple[str, int], VersionInfo] = {}
         self._lock = threading.Lock()  # one load or unload at a time; readers see whole dicts (copy on write)
         self.observers: list[Observer] = []
+        self._home, self._search = home, search or SearchParams()
+        self._known_indexes: set[tuple[str, int]] | None = None  # versions seen by poll_indexes
 
     @classmethod
     def from_home(cls, home: Path, only: str | None = None, build_missing: bool = True,
-                  default: str | None = None) -> Registry:
+                  default: str | None = None, search: SearchParams | None = None) -> Registry:
         """Every model of the home at its newest version (or only ``only``), loaded now.
 
         Raises:
@@ -143,14 +176,15 @@ class Registry:
             name, version = split_ref(only)
             if name not in names or (version is not None and version not in model_versions(home, name)):
                 raise NotFound(f"model {only!r} is not in {home / 'models'}", param="model")
-            engines[name] = load_engine(home, name, version, build_missing)
+            engines[name] = load_engine(home, name, version, build_missing, search)
         else:
-            engines = {n: load_engine(home, n, None, build_missing) for n in names}
+            engines = {n: load_engine(home, n, None, build_missing, search) for n in names}
         if default is not None and split_ref(default)[0] not in engines:
             raise NotFound(f"default model {default!r} is not among the models loaded: {sorted(engines)}",
                            param="default_model")
-        return cls(engines, loader=lambda n, v: load_engine(home, n, v, build_missing),
-                   on_disk=lambda: {n: model_versions(home, n) for n in model_names(home)}, default=default)
+        return cls(engines, loader=lambda n, v: load_engine(home, n, v, build_missing, search),
+                   on_disk=lambda: {n: model_versions(home, n) for n in model_names(home)}, default=default,
+                   home=home, search=search)
 
     def served(self) -> list[Engine]:
         """Every loaded engine, by model name then version."""
@@ -225,6 +259,61 @@ class Registry:
             self._notify("unload", ref, "success")
         log.info("unloaded %s", ref)
 
+    def activate_index(self, name: str, version: int) -> list[Engine]:
+        """Swap index version ``name/version`` in under the served model whose block embedder built it
+        (blocking: call from a worker thread). An older version than the serving one is a rollback.
+
+        Raises:
+            NotFound: no such index version (param ``index``).
+            IndexRejected: it fails validation, or no served model built it; the old version keeps serving.
+        """
+        ref = f"{name}/{version}"
+        if self._home is None or version not in list_versions(self._home / "indexes", name):
+            raise NotFound(f"index {ref} is not published", param="index")
+        with self._lock:
+            try:
+                iv = open_index(self._home, name, version, self._search)
+                engines = [e for e in self.served() if e.model_ref == iv.manifest.embedder]
+                if not engines:
+                    raise ValueError(f"it was built by {iv.manifest.embedder}, which is not served "
+                                     f"(served: {[e.model_ref for e in self.served()]})")
+                for e in engines:
+                    if e.index_ref != ref:
+                        e.swap_index(iv)
+            except (IndexVersionError, ValueError) as err:
+                log.warning("index %s rejected: %s", ref, err)
+                self._notify("index_swap", ref, "failure")
+                raise IndexRejected(f"index {ref} was not activated: {err}; still serving "
+                                    f"{sorted({e.index_ref for e in self.served()})}", param="index") from err
+            self._notify("index_swap", ref, "success")
+        return engines
+
+    def poll_indexes(self) -> list[str]:
+        """Activate index versions published since the last poll (the first poll only takes note of what
+        exists, so a rollback is never undone by polling) that a served model built; the newest per model.
+        A rejected version is logged and not retried. Returns the refs activated."""
+        if self._home is None:
+            return []
+        found = index_manifests(self._home)
+        known, self._known_indexes = self._known_indexes, {(n, v) for n, v, _ in found}
+        if known is None:
+            return []
+        newest: dict[str, tuple[str, int]] = {}
+        for n, v, m in found:
+            if (n, v) not in known and (m.embedder not in newest or v > newest[m.embedder][1]):
+                newest[m.embedder] = (n, v)
+        served = {e.model_ref for e in self.served()}
+        done = []
+        for embedder, (n, v) in newest.items():
+            if embedder not in served:
+                continue
+            try:
+                self.activate_index(n, v)
+                done.append(f"{n}/{v}")
+            except (IndexRejected, NotFound) as e:
+                log.warning("polling: %s", e.message)
+        return done
+
     def describe(self) -> dict[str, list[VersionInfo]]:
         """Every model on disk or served, with each version's state, by name."""
         disk = self._disk()
@@ -272,3 +361,25 @@ def describe_indexes(home: Path, served: list[Engine]) -> list[IndexInfo]:
         name, version = split_ref(ref)
         out.append(IndexInfo(name, version or 0, "", engines[0].block_count, "", [e.model_ref for e in engines]))
     return sorted(out, key=lambda i: (i.name, i.version))
+
+
+def enqueue_build(home: Path, index: str, model: str, corpus: str, factory: str) -> str:
+    """Write a build job for the index worker into ``<home>/jobs/``; returns the job id.
+
+    Raises:
+        InvalidInput: a bad index name, corpus path or factory string (naming the field).
+        NotFound: the model is not in the home (param ``model``).
+    """
+    from index.worker import submit_job
+
+    if not index or index.startswith(".") or "/" in index:
+        raise InvalidInput(f"bad index name {index!r}", param="name")
+    name, version = split_ref(model)
+    if name not in model_names(home) or (version is not None and version not in model_versions(home, name)):
+        raise NotFound(f"model {model!r} is not in {home / 'models'}", param="model")
+    if not Path(corpus).is_file():
+        raise InvalidInput(f"corpus {corpus} is not a file the service can see", param="corpus")
+    try:
+        return submit_job(home, index, model, str(Path(corpus).resolve()), factory).id
+    except ValueError as e:
+        raise InvalidInput(str(e), param="factory") from None

@@ -94,3 +94,21 @@ class IndexOut(BaseModel):
 
 class IndexesResponse(BaseModel):
     indexes: list[IndexOut]
+
+
+class IndexActivated(BaseModel):
+    index: str = Field(description="index name/version now serving")
+    served_by: list[str] = Field(description="model versions that serve it")
+
+
+class BuildRequest(BaseModel):
+    model: str = Field(description="model name or name/version whose block embedder embeds the corpus")
+    corpus: str = Field(description="JSON Lines corpus path, as the index worker sees it")
+    factory: str = Field("Flat", description="faiss index_factory string: Flat, IVF{nlist},Flat, "
+                                             "IVF{nlist},PQ{m}, HNSW32, ...")
+
+
+class BuildResponse(BaseModel):
+    job: str
+    index: str
+    state: str

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     request_timeout_ms: float = Field(
         30000.0, gt=0,
         description="deadline of a request, ms from when it is queued (504 beyond; a request may ask less)")
+    index_poll_interval_s: float = Field(
+        0.0, ge=0, description="look for newly published index versions every this many seconds and swap to one "
+                               "built by a served model (0: off; the index worker can notify instead)")
+    nprobe: int = Field(16, gt=0, description="inverted lists an IVF index searches (more: better recall, slower)")
+    ef_search: int = Field(64, gt=0, description="HNSW search beam, efSearch (more: better recall, slower)")
     shutdown_timeout_s: float = Field(
         20.0, ge=0, description="on SIGTERM, how long queued work may still finish; the rest gets 503")
 

@@ -28,4 +28,4 @@ async def answer(req: AnswerRequest, settings: SettingsDep, registry: RegistryDe
         block=BlockOut(id=b.block.id, title=b.block.title, text=b.block.text, score=b.score),
         candidates=[CandidateOut(answer=c.answer, score=c.score, start_char=c.start_char, end_char=c.end_char,
                                  block_id=c.block.block.id) for c in a.candidates],
-        model=engine.model_ref, index=engine.index_ref, timings_ms=a.timings_ms)
+        model=engine.model_ref, index=a.index_ref or engine.index_ref, timings_ms=a.timings_ms)

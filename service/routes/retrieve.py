@@ -24,4 +24,4 @@ async def retrieve(req: RetrieveRequest, settings: SettingsDep, registry: Regist
     return RetrieveResponse(
         blocks=[RankedBlockOut(id=b.block.id, title=b.block.title, text=b.block.text, score=b.score, rank=b.rank)
                 for b in r.blocks],
-        model=engine.model_ref, index=engine.index_ref)
+        model=engine.model_ref, index=r.index_ref or engine.index_ref)

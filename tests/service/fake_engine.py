@@ -41,6 +41,10 @@ class FakeEngine:
             out.append(Answer(cands[0], cands, {"read_ms": 0.0}))
         return out
 
+    def swap_index(self, index: object) -> str:
+        old, self.index_ref = self.index_ref, getattr(index, "ref", str(index))
+        return old
+
     def check(self) -> None:
         from service.errors import NotReady
 
