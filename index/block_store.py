@@ -90,6 +90,10 @@ class BlockStore:
         ids, titles, texts = (t.column(c).to_pylist() for c in ("id", "title", "text"))
         return [Block(i, ti, tx) for i, ti, tx in zip(ids, titles, texts)]
 
+    @property
+    def closed(self) -> bool:
+        return self._table is None
+
     def close(self) -> None:
         self._table = None  # type: ignore[assignment]
         self._source.close()

@@ -281,6 +281,7 @@ def run_job(home: Path, job: BuildJob, opts: WorkerOptions) -> Manifest:
     progress = embed_chunks(model, job, work, opts)
     chunks = chunk_files(work, int(progress["chunks_done"]))
     index, extra = build_faiss_index([e for e, _ in chunks], job.factory, opts)
+    extra.update(chunks=len(chunks), embedding_runs=progress["runs"])  # which run embedded which chunks
     smoke_search(index, chunks[0][0])
     staging = staging_dir(home / "indexes", job.index)
     files = version_files(staging)
