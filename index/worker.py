@@ -145,8 +145,13 @@ def _load_model(home: Path, ref: str) -> Any:
 
 def embed_chunks(model: Any, job: BuildJob, work: Path, opts: WorkerOptions) -> dict[str, Any]:
     """Embed the corpus chunk by chunk into ``work``, skipping the chunks a previous run finished."""
+    import torch
+
     from realm_core.model_dir import embed_texts
 
+    device = torch.device("cuda") if torch.cuda.is_available() else None  # embed on the GPU when torch sees one
+    if device is not None:
+        model.block.embedder.to(device)
     work.mkdir(parents=True, exist_ok=True)
     progress = read_progress(work)
     done = int(progress["chunks_done"])
@@ -160,7 +165,7 @@ def embed_chunks(model: Any, job: BuildJob, work: Path, opts: WorkerOptions) -> 
 
     def finish(i: int, chunk: list[Block]) -> None:
         emb_path, blocks_path = _chunk_paths(work, i)
-        xb = embed_texts(model.block, [block_embedding_text(b) for b in chunk], opts.batch_size).numpy()
+        xb = embed_texts(model.block, [block_embedding_text(b) for b in chunk], opts.batch_size, device).numpy()
         tmp = emb_path.with_name("." + emb_path.name)
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(xb, dtype=np.float32))

@@ -157,13 +157,19 @@ def load_model_dir(root: str | Path, name: str, version: int, dtype: torch.dtype
 
 
 @torch.no_grad()
-def embed_texts(files: EmbedderFiles, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """(len(texts), dim) float32 embeddings, in batches of ``batch_size`` texts sorted by length."""
+def embed_texts(files: EmbedderFiles, texts: list[str], batch_size: int = 64,
+                device: torch.device | None = None) -> torch.Tensor:
+    """(len(texts), dim) float32 embeddings (on the CPU), in batches of ``batch_size`` texts sorted by length.
+    ``device``: where the embedder's weights are and the batches run (None: the CPU)."""
     emb = files.embedder
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = torch.empty((len(texts), emb.config.dim), dtype=torch.float32)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         b = files.tokenizer.encode_texts([texts[j] for j in idx], emb.config.max_tokens)
-        out[idx] = emb(b.input_ids, b.attention_mask, b.token_type_ids).float()
+        if device is None:
+            out[idx] = emb(b.input_ids, b.attention_mask, b.token_type_ids).float()
+        else:
+            out[idx] = emb(b.input_ids.to(device), b.attention_mask.to(device),
+                           b.token_type_ids.to(device)).float().cpu()
     return out
