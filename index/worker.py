@@ -152,8 +152,15 @@ def embed_chunks(model: Any, job: BuildJob, work: Path, opts: WorkerOptions) -> 
     device = torch.device("cuda") if torch.cuda.is_available() else None  # embed on the GPU when torch sees one
     if device is not None:
         model.block.embedder.to(device)
-    work.mkdir(parents=True, exist_ok=True)
+    stat = os.stat(job.corpus)
+    corpus_stamp = [stat.st_size, stat.st_mtime_ns]
     progress = read_progress(work)
+    if progress.get("corpus") not in (None, corpus_stamp):  # the corpus changed since: start over
+        log.warning("job %s: %s changed since the interrupted run; embedding it all again", job.id, job.corpus)
+        shutil.rmtree(work)
+        progress = read_progress(work)
+    progress["corpus"] = corpus_stamp
+    work.mkdir(parents=True, exist_ok=True)
     done = int(progress["chunks_done"])
     run: dict[str, Any] = {"pid": os.getpid(), "started_at": time.time(), "chunks": []}
     progress["runs"].append(run)
@@ -283,6 +290,18 @@ def run_job(home: Path, job: BuildJob, opts: WorkerOptions) -> Manifest:
     home = Path(home)
     model = _load_model(home, job.model)
     work = job_work_dir(home, job)
+    published = read_progress(work).get("published")
+    if published is not None:  # killed after publishing: do not publish twice
+        m = Manifest.read(version_files(home / "indexes" / job.index / str(published)).manifest)
+    else:
+        m = _build_and_publish(home, job, model, work, opts)
+    shutil.rmtree(work, ignore_errors=True)
+    if opts.service_url:
+        notify_service(opts.service_url, opts.admin_token, m.name, m.version)
+    return m
+
+
+def _build_and_publish(home: Path, job: BuildJob, model: Any, work: Path, opts: WorkerOptions) -> Manifest:
     progress = embed_chunks(model, job, work, opts)
     chunks = chunk_files(work, int(progress["chunks_done"]))
     index, extra = build_faiss_index([e for e, _ in chunks], job.factory, opts)
@@ -304,10 +323,9 @@ def run_job(home: Path, job: BuildJob, opts: WorkerOptions) -> Manifest:
     except BaseException:
         remove_staging(staging)
         raise
-    shutil.rmtree(work, ignore_errors=True)
+    progress["published"] = m.version
+    _write_atomic(work / "progress.json", json.dumps(progress))
     log.info("job %s: published index %s/%d (%d blocks, %s)", job.id, m.name, m.version, count, job.factory)
-    if opts.service_url:
-        notify_service(opts.service_url, opts.admin_token, m.name, m.version)
     return m
 
 

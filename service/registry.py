@@ -160,7 +160,8 @@ class Registry:
         self._lock = threading.Lock()  # one load or unload at a time; readers see whole dicts (copy on write)
         self.observers: list[Observer] = []
         self._home, self._search = home, search or SearchParams()
-        self._known_indexes: set[tuple[str, int]] | None = None  # versions seen by poll_indexes
+        # index versions already published when serving began or at the last poll (poll_indexes)
+        self._known_indexes = {(n, v) for n, v, _ in index_manifests(home)} if home is not None else None
 
     @classmethod
     def from_home(cls, home: Path, only: str | None = None, build_missing: bool = True,
@@ -289,8 +290,8 @@ class Registry:
         return engines
 
     def poll_indexes(self) -> list[str]:
-        """Activate index versions published since the last poll (the first poll only takes note of what
-        exists, so a rollback is never undone by polling) that a served model built; the newest per model.
+        """Activate index versions published since the registry was made or last polled (so a rollback is
+        never undone by polling) that a served model built; the newest per model.
         A rejected version is logged and not retried. Returns the refs activated."""
         if self._home is None:
             return []

@@ -148,3 +148,17 @@ def test_flat_has_no_recall_figure(tmp_path: Path) -> None:
     np.save(tmp_path / "e.npy", _clustered(300, 16))
     index, extra = build_faiss_index([tmp_path / "e.npy"], "Flat", WorkerOptions())
     assert index.ntotal == 300 and "recall_at_k" not in extra
+
+
+def test_a_job_killed_after_publishing_is_not_published_twice(tmp_path: Path) -> None:
+    home = tiny_model_home(tmp_path, 20)
+    job = submit_job(home, "tiny", "tiny", str(home / "corpus.jsonl"))
+    job_file = (home / "jobs" / f"{job.id}.json").read_text()
+    assert IndexWorker(home).run_once()
+    # the state a SIGKILL between publishing and filing the job leaves behind
+    work = job_work_dir(home, job)
+    work.mkdir()
+    (work / "progress.json").write_text(json.dumps({"chunks_done": 1, "blocks": 20, "runs": [], "published": 1}))
+    (home / "jobs" / "running" / f"{job.id}.json").write_text(job_file)
+    assert IndexWorker(home).run_once()
+    assert list_versions(home / "indexes", "tiny") == [1] and not work.exists()
