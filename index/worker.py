@@ -127,6 +127,27 @@ def read_progress(work: Path) -> dict[str, Any]:
     return {"chunks_done": 0, "blocks": 0, "runs": []}
 
 
+@dataclass(frozen=True)
+class BuildProgress:
+    job: str
+    index: str
+    chunks: int  # chunks embedded so far
+    blocks: int  # blocks embedded so far
+
+
+def running_builds(home: Path) -> list[BuildProgress]:
+    """Progress of the jobs in ``jobs/running/``, from their progress files (for the service's metrics)."""
+    out = []
+    for p in sorted((jobs_dir(home) / "running").glob("*.json")):
+        try:
+            job = BuildJob.read(p)
+            prog = read_progress(job_work_dir(home, job))
+        except (OSError, ValueError, TypeError):  # a job filed or removed while we looked
+            continue
+        out.append(BuildProgress(job.id, job.index, int(prog["chunks_done"]), int(prog["blocks"])))
+    return out
+
+
 def _chunk_paths(work: Path, i: int) -> tuple[Path, Path]:
     return work / f"emb-{i:05d}.npy", work / f"blocks-{i:05d}.arrow"
 

@@ -73,6 +73,8 @@ class Metrics:
         self.index_swaps = Counter("realmqa_index_swaps", "index version activations by index and result "
                                    "(failure: rejected, the old version kept serving)", ["index", "result"],
                                    registry=r)
+        self.build_blocks = Gauge("realmqa_index_build_blocks", "blocks embedded so far by each running index "
+                                  "build job (the index worker's progress files)", ["index", "job"], registry=r)
         self.index_version = Gauge("realmqa_index_version", "index version each loaded model version serves",
                                    ["model", "index"], registry=r)
 
@@ -92,8 +94,12 @@ class Metrics:
         elif event == "index_swap":
             self.index_swaps.labels(ref.split("/")[0], result).inc()
 
-    def render(self, engines: list[Engine], queue_depth: int) -> bytes:
-        """The Prometheus text format, with the model/index info and queue depth refreshed first."""
+    def render(self, engines: list[Engine], queue_depth: int, builds: tuple[tuple[str, str, int], ...] = ()) -> bytes:
+        """The Prometheus text format, with the model/index info, queue depth and the running index builds
+        (``(index, job, blocks embedded)``) refreshed first."""
+        self.build_blocks.clear()
+        for index, job, blocks in builds:
+            self.build_blocks.labels(index, job).set(blocks)
         self.model_info.clear()
         self.index_blocks.clear()
         self.index_version.clear()

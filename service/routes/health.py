@@ -6,7 +6,8 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import BatcherDep, MetricsDep, RegistryDep
+from index.worker import running_builds
+from service.deps import BatcherDep, MetricsDep, RegistryDep, SettingsDep
 from service.errors import NotReady
 
 router = APIRouter()
@@ -28,5 +29,6 @@ async def readyz(registry: RegistryDep) -> dict[str, object]:
 
 
 @router.get("/metrics")
-async def metrics(metrics: MetricsDep, registry: RegistryDep, batcher: BatcherDep) -> Response:
-    return Response(metrics.render(registry.served(), batcher.depth()), media_type=CONTENT_TYPE_LATEST)
+async def metrics(metrics: MetricsDep, registry: RegistryDep, batcher: BatcherDep, settings: SettingsDep) -> Response:
+    builds = tuple((b.index, b.job, b.blocks) for b in running_builds(settings.home))
+    return Response(metrics.render(registry.served(), batcher.depth(), builds), media_type=CONTENT_TYPE_LATEST)

@@ -18,7 +18,16 @@ import pytest
 
 from index.faiss_index import recall_at_k, set_search_params
 from index.version import list_versions, open_version
-from index.worker import IndexWorker, WorkerOptions, build_faiss_index, job_work_dir, read_progress, submit_job
+from index.worker import (
+    BuildProgress,
+    IndexWorker,
+    WorkerOptions,
+    build_faiss_index,
+    job_work_dir,
+    read_progress,
+    running_builds,
+    submit_job,
+)
 from tests.service.tiny_home import write_corpus, write_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,6 +103,7 @@ def test_killed_build_resumes_without_redoing_chunks(tmp_path: Path) -> None:
         assert 2 <= first < 8
         assert list_versions(home / "indexes", "tiny") == []
         assert (home / "jobs" / "running" / f"{job.id}.json").is_file()
+        assert running_builds(home) == [BuildProgress(job.id, "tiny", first, first * 16)]
 
         p = _worker(home)
         out, _ = p.communicate(timeout=300)

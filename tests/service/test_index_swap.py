@@ -17,7 +17,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from index.version import version_files
-from index.worker import IndexWorker, WorkerOptions, submit_job
+from index.worker import IndexWorker, WorkerOptions, job_work_dir, submit_job
 from service.app import create_app
 from service.settings import Settings
 from tests.service.test_routes import assert_error
@@ -182,3 +182,13 @@ def test_build_route_validates_and_writes_a_job(home: Path) -> None:
         assert r.status_code == 202
         job = json.loads((home / "jobs" / f"{r.json()['job']}.json").read_text())
         assert job["index"] == "tiny" and job["factory"] == "HNSW32" and job["corpus"] == str(home / "two.jsonl")
+
+
+def test_metrics_show_running_builds(home: Path) -> None:
+    job = submit_job(home, "tiny", "tiny", str(home / "two.jsonl"))
+    (home / "jobs" / f"{job.id}.json").rename(home / "jobs" / "running" / f"{job.id}.json")
+    work = job_work_dir(home, job)
+    work.mkdir()
+    (work / "progress.json").write_text(json.dumps({"chunks_done": 2, "blocks": 32, "runs": []}))
+    with TestClient(create_app(Settings(home=home, build_missing_index=False))) as c:
+        assert f'realmqa_index_build_blocks{{index="tiny",job="{job.id}"}} 32.0' in c.get("/metrics").text
