@@ -94,7 +94,7 @@ def main() -> None:
         xq = unit_vectors(np.random.default_rng(a.seed + 1), a.queries)
         print(f"n={n} dim={DIM} vectors written in {time.perf_counter() - t0:.1f}s; faiss {faiss.__version__}, "
               f"{faiss.omp_get_max_threads()} threads")
-        print(f"{'index':<18} {'build_s':>9} {'peak_rss_GiB':>12} {'qps@1':>9} {'qps@64':>9} {'recall@10':>9}")
+        print(f"{'index':<28} {'build_s':>9} {'peak_rss_GiB':>12} {'qps@1':>9} {'qps@64':>9} {'recall@10':>9}")
         I_exact = None
         for factory in ("Flat", ivfpq):
             index, build_s = build(xb, factory, a.chunk, train_sample, a.seed)

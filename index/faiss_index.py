@@ -18,9 +18,15 @@ def new_index(d: int, factory: str = "Flat") -> faiss.Index:
         ValueError: faiss does not understand ``factory``.
     """
     try:
-        return faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise ValueError(f"bad faiss factory string {factory!r}: {str(e).splitlines()[0]}") from None
+    ivf = faiss.try_extract_index_ivf(index)
+    ivfpq = faiss.downcast_index(ivf) if ivf is not None else None
+    if hasattr(ivfpq, "do_polysemous_training"):
+        # IVF-PQ trains polysemous codes by default: slow, and unused unless polysemous_ht is set
+        setattr(ivfpq, "do_polysemous_training", False)  # noqa: B010 (faiss' stubs lack the attribute)
+    return index
 
 
 def search(index: faiss.Index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
