@@ -7,8 +7,12 @@ faiss names, used throughout ``index/``: ``xb`` (n, d) float32 block embeddings 
 
 from __future__ import annotations
 
+import logging
+
 import faiss
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def new_index(d: int, factory: str = "Flat") -> faiss.Index:
@@ -78,4 +82,8 @@ def to_searcher(index: faiss.Index) -> tuple[faiss.Index, object | None]:
     if not gpu_available():
         return index, None
     res = faiss.StandardGpuResources()  # GPU-only symbol, reached only when gpu_available()
-    return faiss.index_cpu_to_gpu(res, 0, index), res
+    try:
+        return faiss.index_cpu_to_gpu(res, 0, index), res
+    except RuntimeError as e:  # a kind with no GPU version (HNSW) stays on the CPU
+        log.warning("index stays on the CPU: %s", str(e).splitlines()[0])
+        return index, None

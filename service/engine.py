@@ -3,6 +3,8 @@
 ``Engine`` is the protocol the HTTP layer calls (tests use a small fake of it); :class:`QAEngine`
 implements it over a loaded :class:`realm_core.model_dir.QAModel` and
 :class:`index.version.IndexVersion`. Both calls take a batch of questions and answer each as if alone.
+:meth:`QAEngine.swap_index` replaces the index version between batches: a batch runs under the engine's
+lock and reads the one reference once, so it finishes on the version it started with.
 """
 
 from __future__ import annotations
