@@ -49,11 +49,15 @@ def model_names(home: Path) -> list[str]:
 
 def find_index(home: Path, model_ref: str) -> tuple[str, int] | None:
     """(name, version) of the newest valid-looking index version built by ``model_ref``, or None."""
-    best: tuple[str, int, str] | None = None
-    for name, v, m in index_manifests(home):
-        if m.embedder == model_ref and (best is None or m.created_at > best[2]):
-            best = (name, v, m.created_at)
-    return None if best is None else best[:2]
+    found = find_indexes(home, model_ref)
+    return found[0] if found else None
+
+
+def find_indexes(home: Path, model_ref: str) -> list[tuple[str, int]]:
+    """(name, version) of every index version built by ``model_ref``, newest first (creation time, then
+    version number: two versions published within one second tie on ``created_at``)."""
+    found = [(m.created_at, v, name) for name, v, m in index_manifests(home) if m.embedder == model_ref]
+    return [(name, v) for _, v, name in sorted(found, reverse=True)]
 
 
 def index_manifests(home: Path) -> list[tuple[str, int, Manifest]]:
@@ -102,8 +106,15 @@ def load_engine(home: Path, name: str, version: int | None = None, build_missing
     if not root.is_dir():
         raise FileNotFoundError(f"{root} does not exist")
     model = load_model_dir(root, name, version)
-    found = find_index(home, model.ref)
-    if found is None:
+    candidates = find_indexes(home, model.ref)
+    for i, found in enumerate(candidates):  # the newest version that opens; a corrupt one is skipped
+        try:
+            return QAEngine(model, open_index(home, *found, params or SearchParams()))
+        except IndexVersionError as e:
+            if i == len(candidates) - 1:
+                raise
+            log.warning("index %s/%d cannot serve %s, trying an older version: %s", *found, model.ref, e)
+    if not candidates:
         corpus = json.loads((root / "model.json").read_text()).get("default_corpus")
         if not (build_missing and corpus):
             raise FileNotFoundError(f"no index in {home / 'indexes'} was built by {model.ref}")

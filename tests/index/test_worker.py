@@ -172,3 +172,15 @@ def test_a_job_killed_after_publishing_is_not_published_twice(tmp_path: Path) ->
     (home / "jobs" / "running" / f"{job.id}.json").write_text(job_file)
     assert IndexWorker(home).run_once()
     assert list_versions(home / "indexes", "tiny") == [1] and not work.exists()
+
+
+def test_cli_submit_queues_a_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    home = tiny_model_home(tmp_path, 5)
+    main(["index", "submit", "--home", str(home), "--model", "tiny", "--corpus", str(home / "corpus.jsonl"),
+          "--index", "tiny", "--factory", "HNSW32"])
+    job_id = capsys.readouterr().out.strip()
+    job = json.loads((home / "jobs" / f"{job_id}.json").read_text())
+    assert job == {"id": job_id, "index": "tiny", "model": "tiny", "corpus": str(home / "corpus.jsonl"),
+                   "factory": "HNSW32"}

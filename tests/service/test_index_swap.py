@@ -140,6 +140,9 @@ def test_polling_swaps_and_a_rollback_sticks(home: Path) -> None:
 
 
 def test_corrupt_or_foreign_version_is_refused_and_the_old_one_serves(home: Path) -> None:
+    """Also a regression test: a corrupt newest index version stopped the service's start (``load_engine``
+    opened only the newest by ``created_at``, and two versions of one second tied by listing order); the
+    start now skips it for the newest version that opens."""
     submit_job(home, "tiny", "tiny", str(home / "two.jsonl"))
     assert IndexWorker(home, WorkerOptions(chunk_blocks=32)).run_once()
     f = version_files(home / "indexes" / "tiny" / "2").faiss_index
