@@ -132,6 +132,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns eval and worker logs
     p = argparse.ArgumentParser(prog="realmqa", description="REALM-style open-domain QA served over HTTP")
     sub = p.add_subparsers(dest="command", required=True)
 
