@@ -77,6 +77,7 @@ def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path: str | Pat
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; published weights are readable by all
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
