@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import make_home, write_corpus
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.service.serve_process import start_serve
 
 
 def test_index_build_then_serve_builds_nothing_and_answers(tmp_path: Path) -> None:
@@ -28,21 +20,8 @@ def test_index_build_then_serve_builds_nothing_and_answers(tmp_path: Path) -> No
          "--corpus", str(tmp_path / "c.jsonl"), "--index", "nd"],
         capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip() == "nd/1"
-    port = _free_port()
-    env = {**os.environ, "REALMQA_BUILD_MISSING_INDEX": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--home", str(home), "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, url = start_serve(home, {"REALMQA_BUILD_MISSING_INDEX": "false"})
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(url + "/readyz", timeout=30).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.5)
         r = httpx.post(url + "/answer", json={"question": "What sits on top of the Main Building at Notre Dame?"},
                        timeout=60)
         assert r.status_code == 200, r.text

@@ -3,10 +3,7 @@ tiny random model, loopback only)."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +11,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.service.test_cli import _free_port
+from tests.service.serve_process import start_serve
 from tests.service.tiny_home import make_tiny_home, questions
 
 
@@ -31,22 +28,9 @@ def _scrape(url: str) -> dict[str, float]:
 
 def test_sigterm_drains_queued_requests(tmp_path: Path) -> None:
     home = make_tiny_home(tmp_path / "h", blocks=300)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "REALMQA_MAX_BATCH_SIZE": "1", "REALMQA_SHUTDOWN_TIMEOUT_S": "60",
-           "REALMQA_TORCH_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--home", str(home), "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, url = start_serve(home, {"REALMQA_MAX_BATCH_SIZE": "1", "REALMQA_SHUTDOWN_TIMEOUT_S": "60",
+                                   "REALMQA_TORCH_THREADS": "1"})
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(url + "/readyz", timeout=10).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.3)
         qs = questions(16)
         deadline = time.time() + 60
         with ThreadPoolExecutor(len(qs)) as pool:
