@@ -130,6 +130,17 @@ def cmd_eval(a: argparse.Namespace) -> None:
         Path(a.json).write_text(json.dumps(res, indent=2))
 
 
+def _add_job_args(p: argparse.ArgumentParser) -> None:
+    """The arguments of an index build, shared by ``index build`` (in process) and ``index submit`` (a job)."""
+    p.add_argument("--home", required=True)
+    p.add_argument("--model", required=True, help="model name or name/version whose block embedder embeds")
+    p.add_argument("--corpus", required=True, help="JSON Lines of {id, title, text}, optionally gzipped")
+    p.add_argument("--index", required=True, help="index name")
+    p.add_argument("--factory", default="Flat",
+                   help="faiss factory: Flat (default, exact MIPS), IVF{nlist},Flat, IVF{nlist},PQ{m}, HNSW32 "
+                        "(kinds that need training: index worker only)")
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns eval and worker logs
@@ -146,11 +157,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ix = sub.add_parser("index", help="index commands").add_subparsers(dest="index_command", required=True)
     b = ix.add_parser("build", help="embed a corpus into a new index version and publish it")
-    b.add_argument("--home", required=True)
-    b.add_argument("--model", required=True, help="model name or name/version whose block embedder embeds")
-    b.add_argument("--corpus", required=True, help="JSON Lines of {id, title, text}, optionally gzipped")
-    b.add_argument("--index", required=True, help="index name")
-    b.add_argument("--factory", default="Flat", help="faiss index_factory string (default Flat: exact MIPS)")
+    _add_job_args(b)
     b.add_argument("--batch-size", type=int, default=64, help="texts per embedding batch")
     b.set_defaults(func=cmd_index_build)
 
@@ -170,11 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     w.set_defaults(func=cmd_index_worker)
 
     sj = ix.add_parser("submit", help="queue a build job for the index worker; prints its id")
-    sj.add_argument("--home", required=True)
-    sj.add_argument("--model", required=True, help="model name or name/version whose block embedder embeds")
-    sj.add_argument("--corpus", required=True, help="JSON Lines of {id, title, text}, optionally gzipped")
-    sj.add_argument("--index", required=True, help="index name")
-    sj.add_argument("--factory", default="Flat", help="faiss factory: Flat, IVF{nlist},Flat, IVF{nlist},PQ{m}, HNSW32")
+    _add_job_args(sj)
     sj.set_defaults(func=cmd_index_submit)
 
     c = sub.add_parser("convert-hf", help="turn a Hugging Face REALM checkpoint into a registry model and index")
