@@ -114,7 +114,9 @@ def build_examples(
                 q = Pieces(q.ids[:max_question_tokens], q.offsets[:max_question_tokens])
                 budget = reader_seq_len - len(q.ids) - 3
                 others = [j for j in range(len(paras)) if j != pi]
-                picks = [pi] + rng.sample(others, min(negatives, len(others)))
+                if len(others) < negatives:
+                    continue  # every question of a batch must read the same number of blocks (see collate)
+                picks = [pi] + rng.sample(others, negatives)
                 blocks = [Pieces(ctx[j].ids[:budget], ctx[j].offsets[:budget]) for j in picks]
                 correct = [find_correct_spans(b, a, cfg.max_span_width) for b in blocks]
                 if train_window and correct[0]:
@@ -131,11 +133,16 @@ def build_examples(
 
 def collate(
     tok: WordPieceTokenizer, batch: list[Example], reader_seq_len: int, max_span_width: int
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
-    """Reader inputs for a batch with a (rows, num_spans) bool mask of correct spans; rows per question."""
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Reader inputs for a batch and a (rows, num_spans) bool mask of correct spans, rows = questions × blocks.
+
+    Raises:
+        ValueError: the questions read different numbers of blocks.
+    """
     from realm_core.reader import span_candidates
 
-    rows = len(batch[0].blocks)
+    if len({len(ex.blocks) for ex in batch}) != 1:
+        raise ValueError("every question of a batch must read the same number of blocks")
     qs = [ex.question for ex in batch for _ in ex.blocks]
     bs = [b for ex in batch for b in ex.blocks]
     enc = tok.encode_pairs(qs, bs, reader_seq_len)
@@ -156,7 +163,7 @@ def collate(
         token_type_ids=enc.token_type_ids,
         block_mask=enc.block_mask,
     )
-    return inputs, correct, rows
+    return inputs, correct
 
 
 def new_reader(backbone_dir: Path, cfg_overrides: dict[str, Any]) -> SpanReader:
@@ -277,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(steps):
         i = (step * a.batch_size) % len(examples)
         batch = examples[i : i + a.batch_size]
-        inputs, correct, rows = collate(tok, batch, a.reader_seq_len, cfg.max_span_width)
+        inputs, correct = collate(tok, batch, a.reader_seq_len, cfg.max_span_width)
         logits, _, _ = reader(**inputs)
         loss = marginal_log_likelihood(logits.view(len(batch), -1), correct.view(len(batch), -1))
         opt.zero_grad()
@@ -301,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
                 json.dumps({"steps": done, "questions": done * a.batch_size})
             )
         if a.max_minutes and time.time() - t0 > a.max_minutes * 60 or lr_factor(done) == 0.0:
-            log.info("time budget reached at step %d", done)
+            log.info("stopping at step %d: the time budget or the learning-rate schedule is spent", done)
             break
     train_s = time.time() - t0
     save_reader(reader, out, torch.float16)
