@@ -1,16 +1,18 @@
-"""The ``realmqa`` command line: serve, index build / worker / submit, convert-hf, eval, train-reader."""
+"""The ``realmqa`` command line: serve, index build / worker / submit, convert-hf, eval, ask, train-reader."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from service.client import DEFAULT_URL
 from service.settings import CONFIG_FILE_ENV, Settings, env_name, load_settings
 
 log = logging.getLogger("realmqa")
@@ -117,17 +119,56 @@ def cmd_convert_hf(a: argparse.Namespace) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
+    from service.client import APIError
     from service.evaluate import evaluate, load_questions
 
     qs = load_questions(a.questions)
     if a.limit:
         qs = qs[: a.limit]
     ks = tuple(int(k) for k in a.k.split(","))
-    res = evaluate(a.url, qs, ks, a.model)
+    try:
+        res = evaluate(a.url, qs, ks, a.model)
+    except APIError as e:
+        raise SystemExit(f"realmqa: {a.url}: {e}") from None
     for key, val in res.items():
         print(f"{key:>14}: {val:.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))
+
+
+# A sentence ends at . ! or ? (and closing quotes or brackets) followed by space and a capital, digit or quote.
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[A-Z0-9\"“(])")
+
+
+def sentence_around(text: str, start: int, end: int) -> str:
+    """The sentence(s) of ``text`` holding ``text[start:end]``, with the span in [brackets]."""
+    bounds = [(m.start(), m.end()) for m in _SENTENCE_END.finditer(text)]
+    left = max((e for s, e in bounds if e <= start), default=0)
+    right = min((s for s, e in bounds if s >= end), default=len(text))
+    return f"{text[left:start]}[{text[start:end]}]{text[end:right]}".strip()
+
+
+def cmd_ask(a: argparse.Namespace) -> None:
+    import httpx
+
+    from service.client import APIError, Client
+
+    try:
+        with Client(a.url) as client:
+            r = client.answer(a.question, reader_beam_size=a.k)
+    except APIError as e:
+        raise SystemExit(f"realmqa: {e}") from None
+    except httpx.TransportError as e:
+        raise SystemExit(f"realmqa: cannot reach {a.url}: {e}") from None
+    if a.json:
+        print(r.model_dump_json(indent=2))
+        return
+    print(r.answer)
+    print(f"  from: {r.block.title or r.block.id} (block {r.block.id}, relevance score {r.block.score:.3f}, "
+          f"score {r.score:.2f})")
+    print(f"  {sentence_around(r.block.text, r.start_char, r.end_char)}")
+    for c in r.candidates[1:]:
+        print(f"  also: {c.answer!r} from {c.block.title or c.block.id} (score {c.score:.2f})")
 
 
 def _add_job_args(p: argparse.ArgumentParser) -> None:
@@ -199,6 +240,13 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--model", help="model to ask (default: the service's default)")
     e.add_argument("--json", help="also write the figures to this file")
     e.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("ask", help="ask a running service a question; prints the answer and its evidence")
+    q.add_argument("question", help="the question")
+    q.add_argument("--url", default=DEFAULT_URL, help=f"service base URL (default {DEFAULT_URL})")
+    q.add_argument("--k", type=int, help="blocks the reader reads (reader_beam_size; default: the service's)")
+    q.add_argument("--json", action="store_true", help="print the /answer response as JSON")
+    q.set_defaults(func=cmd_ask)
 
     t = sub.add_parser("train-reader", help="fine-tune a reader (see realm_core.train_reader)", add_help=False)
     t.set_defaults(func=None)

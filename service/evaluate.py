@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from realm_core.evaluation import exact_match, f1_score, has_answer
+from service.client import Client
 
 
 @dataclass(frozen=True)
@@ -52,24 +51,23 @@ def load_questions(path: str | Path) -> list[Question]:
 
 def evaluate(url: str, questions: list[Question], ks: tuple[int, ...] = (1, 5, 20), model: str | None = None,
              timeout_s: float = 120.0) -> dict[str, float]:
-    """EM, F1 (%), recall@k (%) and the median /answer latency (ms) over ``questions``, one at a time."""
+    """EM, F1 (%), recall@k (%) and the median /answer latency (ms) over ``questions``, one at a time.
+
+    Raises:
+        service.client.APIError: the service answered an error (after retrying 429s).
+    """
     em = f1 = 0.0
     hits = dict.fromkeys(ks, 0)
     latencies = []
-    extra = {"model": model} if model else {}
-    with httpx.Client(base_url=url, timeout=timeout_s) as client:
+    with Client(url, read_timeout_s=timeout_s) as client:
         for q in questions:
             t0 = time.perf_counter()
-            r = client.post("/answer", json={"question": q.question, **extra})
+            pred = client.answer(q.question, model=model).answer
             latencies.append((time.perf_counter() - t0) * 1e3)
-            r.raise_for_status()
-            pred = r.json()["answer"]
             em += exact_match(pred, q.answers)
             f1 += f1_score(pred, q.answers)
-            r = client.post("/retrieve", json={"query": q.question, "k": max(ks), **extra})
-            r.raise_for_status()
-            texts = [b["text"] for b in r.json()["blocks"]]
-            first = next((i for i, t in enumerate(texts) if has_answer(t, q.answers)), None)
+            blocks = client.retrieve(q.question, k=max(ks), model=model).blocks
+            first = next((i for i, b in enumerate(blocks) if has_answer(b.text, q.answers)), None)
             for k in ks:
                 hits[k] += first is not None and first < k
     n = max(len(questions), 1)

@@ -36,10 +36,11 @@ class RankedBlockOut(BlockOut):
 
 class CandidateOut(BaseModel):
     answer: str
-    score: float
-    start_char: int
+    score: float = Field(description="span score + relevance score (REALM §3.4)")
+    start_char: int = Field(description="block.text[start_char:end_char] is the answer")
     end_char: int
-    block_id: str
+    block_id: str = Field(description="block.id, kept for clients that read it")
+    block: BlockOut = Field(description="the block read")
 
 
 class AnswerResponse(BaseModel):

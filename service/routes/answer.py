@@ -5,11 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.deps import BatcherDep, RegistryDep, SettingsDep
+from service.engine import ScoredBlock
 from service.errors import InvalidInput
 from service.routes.common import check_text, timeout_s
 from service.schemas import AnswerRequest, AnswerResponse, BlockOut, CandidateOut
 
 router = APIRouter()
+
+
+def _block(b: ScoredBlock) -> BlockOut:
+    return BlockOut(id=b.block.id, title=b.block.title, text=b.block.text, score=b.score)
 
 
 @router.post("/answer", response_model=AnswerResponse)
@@ -22,10 +27,9 @@ async def answer(req: AnswerRequest, settings: SettingsDep, registry: RegistryDe
                            param="reader_beam_size")
     engine = registry.get(req.model)
     a = await batcher.answer(engine, req.question, beam, timeout_s(req.timeout_ms, settings))
-    b = a.best.block
     return AnswerResponse(
         answer=a.best.answer, score=a.best.score, start_char=a.best.start_char, end_char=a.best.end_char,
-        block=BlockOut(id=b.block.id, title=b.block.title, text=b.block.text, score=b.score),
+        block=_block(a.best.block),
         candidates=[CandidateOut(answer=c.answer, score=c.score, start_char=c.start_char, end_char=c.end_char,
-                                 block_id=c.block.block.id) for c in a.candidates],
+                                 block_id=c.block.block.id, block=_block(c.block)) for c in a.candidates],
         model=engine.model_ref, index=a.index_ref or engine.index_ref, timings_ms=a.timings_ms)

@@ -3,39 +3,25 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from service.app import create_app
 from service.evaluate import Question, evaluate, load_questions
 from service.registry import Registry
 from service.settings import Settings
 from tests.service.fake_engine import FakeEngine
+from tests.service.serve_thread import serve_in_thread
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("h")
     (home / "models").mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(Settings(home=home), Registry({"fake": FakeEngine()}))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    t.join(5)
+    with serve_in_thread(create_app(Settings(home=home), Registry({"fake": FakeEngine()}))) as url:
+        yield url
 
 
 def test_em_f1_recall(url: str) -> None:
