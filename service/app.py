@@ -1,4 +1,8 @@
-"""``create_app(settings)``: the FastAPI application, its lifecycle, middleware and its one error shape."""
+"""``create_app(settings)``: the FastAPI application, its lifecycle, middleware and its one error shape.
+
+Every error the app answers has the shape ``{"error": {"type", "message", "param"}}``: the service's own
+errors (:mod:`service.errors`), the framework's (unknown route 404, wrong method 405 with ``Allow``),
+an unparsable body (400), invalid input (422) and, as a last resort, 500 (:mod:`service.request_log`)."""
 
 from __future__ import annotations
 
@@ -11,12 +15,15 @@ import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from service.batching import Batcher, BatchLimits
 from service.body_limit import BodyLimitMiddleware
-from service.errors import InvalidInput, ServiceError
+from service.errors import BadRequest, InvalidInput, ServiceError, for_status
 from service.metrics import Metrics, MetricsMiddleware
+from service.openapi import openapi_schema
 from service.registry import Registry, SearchParams
+from service.request_log import RequestContextMiddleware
 from service.routes import admin, answer, health, models, retrieve
 from service.settings import Settings
 
@@ -32,15 +39,29 @@ async def _service_error(request: Request, e: Exception) -> Response:
     return _error_response(e)
 
 
+async def _http_error(request: Request, e: Exception) -> Response:
+    """The framework's own errors: no such route (404), wrong method (405, ``Allow`` kept), ..."""
+    assert isinstance(e, HTTPException)
+    what = f"{request.method} {request.url.path[:200]}"
+    message = {404: f"no route {what}", 405: f"{what}: method not allowed"}.get(e.status_code, str(e.detail))
+    return _error_response(for_status(e.status_code, message, dict(e.headers or {})))
+
+
 async def _validation_error(request: Request, e: Exception) -> Response:
+    """422 naming the first invalid field; 400 when the body is not JSON at all."""
     assert isinstance(e, RequestValidationError)
     errors = e.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        at = first.get("loc", ())[-1]
+        return _error_response(BadRequest(f"the body is not valid JSON (at character {at})"))
+    loc = [str(x) for x in first.get("loc", ())]
+    param = ".".join(loc[1:] if loc[:1] in (["body"], ["path"], ["query"]) else loc) or None
     msg = str(first.get("msg", "invalid request"))
     if first.get("type") == "missing":
         msg = f"field {param!r} is required" if param else "a JSON body is required"
+    elif param is None and first.get("type") == "model_attributes_type":
+        msg = "the body must be a JSON object (content-type application/json)"
     elif param:
         msg = f"{param}: {msg}"
     return _error_response(InvalidInput(msg, param=param))
@@ -93,20 +114,24 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             await batcher.shutdown(settings.shutdown_timeout_s)
             app.state.registry = None
 
-    app = FastAPI(title="realmqa", lifespan=lifespan)
+    app = FastAPI(title="realmqa", version="1", lifespan=lifespan,
+                  description="Open-domain question answering in the manner of REALM (Guu et al. 2020).")
     app.state.settings = settings
     app.state.registry = registry
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, respond=_error_response)
     routers = [m.router for m in (answer, retrieve, health, models, admin)]
     static_paths = frozenset(str(r.path) for router in routers for r in router.routes
                              if "{" not in str(getattr(r, "path", "{")))
     app.add_middleware(MetricsMiddleware, metrics=metrics, static_paths=static_paths)
+    app.add_middleware(RequestContextMiddleware, respond=_error_response)  # outermost
     for router in routers:
         app.include_router(router)
+    app.openapi = lambda: openapi_schema(app, settings)  # type: ignore[method-assign]
     return app
 
 

@@ -32,6 +32,8 @@ def _settings(config_file: str | None = None, **overrides: Any) -> Settings:
         raise SystemExit(2) from None
 
 
+# Settings with no command-line flag: a secret on the command line shows in ps (environment or file only).
+NO_FLAG = frozenset({"admin_token"})
 _METAVARS = {"<class 'int'>": "N", "<class 'float'>": "X", "<class 'bool'>": "BOOL", "<class 'pathlib.Path'>": "DIR"}
 
 
@@ -39,6 +41,8 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
     """One ``--flag`` per setting, with its environment variable and default in the help."""
     g = p.add_argument_group("settings (flag > environment > config file > default)")
     for name, f in Settings.model_fields.items():
+        if name in NO_FLAG:
+            continue
         default = f.default if f.default is not None else "none"
         g.add_argument("--" + name.replace("_", "-"), dest=name, metavar=_METAVARS.get(str(f.annotation), "TEXT"),
                        help=f"{f.description} (env {env_name(name)}, default {default})")
@@ -50,8 +54,10 @@ def cmd_serve(a: argparse.Namespace) -> None:
     import uvicorn
 
     from service.app import begin_shutdown, create_app
+    from service.request_log import configure_logging
 
-    settings = _settings(a.config, **{name: getattr(a, name) for name in Settings.model_fields})
+    configure_logging()  # JSON lines with request ids; our access line replaces uvicorn's
+    settings = _settings(a.config, **{name: getattr(a, name) for name in Settings.model_fields if name not in NO_FLAG})
     app = create_app(settings)
 
     class Server(uvicorn.Server):
@@ -65,7 +71,8 @@ def cmd_serve(a: argparse.Namespace) -> None:
                 loop.call_soon_threadsafe(lambda: loop.create_task(begin_shutdown(app)))
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", log_config=None,
+                            access_log=False,
                             timeout_graceful_shutdown=int(settings.shutdown_timeout_s) + 5)
     Server(config).run()
 
@@ -92,7 +99,8 @@ def cmd_index_worker(a: argparse.Namespace) -> None:
     settings = _settings(None, home=a.home)
     opts = WorkerOptions(chunk_blocks=a.chunk_blocks, batch_size=a.batch_size, train_sample=a.train_sample,
                          nprobe=settings.nprobe, ef_search=settings.ef_search, chunk_pause_s=a.chunk_pause_s,
-                         poll_s=a.poll_s, service_url=a.service_url, admin_token=settings.admin_token)
+                         poll_s=a.poll_s, service_url=a.service_url,
+                         admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None)
     worker = IndexWorker(settings.home, opts)
     log.info("index worker on %s (jobs in %s)", settings.home, settings.home / "jobs")
     if a.once:

@@ -82,6 +82,10 @@ class Engine(Protocol):
     @property
     def reader_seq_len(self) -> int: ...  # tokens per reader row (the batcher's token budget counts these)
 
+    def validate_question(self, question: str) -> None: ...  # InvalidInput before the question joins a batch
+
+    def validate_query(self, query: str) -> None: ...  # InvalidInput before the query joins a batch
+
     def retrieve(self, queries: list[str], k: int) -> list[Retrieval]: ...
 
     def answer(self, questions: list[str], reader_beam_size: int) -> list[Answer]: ...
@@ -153,6 +157,27 @@ class QAEngine:
         if self.model.reader_question == "text":
             return pieces
         return tok.pieces(self.model.reader_question_texts(questions))
+
+    def validate_question(self, question: str) -> None:
+        """What :meth:`answer` would refuse, checked before the question joins a batch (tokenizing only): no
+        wordpieces for the query embedder or the reader, more than ``max_question_tokens``.
+
+        Raises:
+            InvalidInput: naming ``question``.
+        """
+        self.validate_query(question, "question")
+        self.question_pieces([question])
+
+    def validate_query(self, query: str, param: str = "query") -> None:
+        """A query with no wordpieces (only control, format or zero-width characters) embeds as ``[CLS]
+        [SEP]`` and would retrieve arbitrary blocks with confident scores.
+
+        Raises:
+            InvalidInput: naming ``param``.
+        """
+        if not self.model.query.tokenizer.pieces([query])[0].ids:
+            raise InvalidInput(f"{param} has no wordpieces (only blank, control or zero-width characters)",
+                               param=param)
 
     def _retrieve(self, queries: list[str], k: int, timings: dict[str, float]) -> list[list[ScoredBlock]]:
         t0 = time.perf_counter()

@@ -21,12 +21,22 @@ class ServiceError(Exception):
         return {"error": {"type": self.type, "message": self.message, "param": self.param}}
 
 
+class BadRequest(ServiceError):
+    """The body is not parsable (not JSON, truncated, nested too deep)."""
+
+    status, type = 400, "bad_request"
+
+
 class InvalidInput(ServiceError):
     status, type = 422, "invalid_request"
 
 
 class NotFound(ServiceError):
     status, type = 404, "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    status, type = 405, "method_not_allowed"
 
 
 class PayloadTooLarge(ServiceError):
@@ -64,3 +74,25 @@ class LoadFailed(ServiceError):
     """A model version could not be loaded; whatever served before keeps serving."""
 
     status, type = 500, "load_failed"
+
+
+class InternalError(ServiceError):
+    """The last resort for an exception no handler expected: logged with its traceback, answered without it."""
+
+    status, type = 500, "internal_error"
+
+
+# Statuses the framework answers itself (unknown route, wrong method, ...) → the error type they get.
+_BY_STATUS: dict[int, type[ServiceError]] = {c.status: c for c in (
+    BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed, IndexRejected, PayloadTooLarge, InvalidInput,
+    Overloaded, InternalError, NotReady, DeadlinePassed)}
+
+
+def for_status(status: int, message: str, headers: dict[str, str] | None = None) -> ServiceError:
+    """A framework HTTP error (Starlette's ``HTTPException``) as one of ours, its headers (``Allow``) kept."""
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        err = ServiceError(message, headers=headers)
+        err.status, err.type = status, "bad_request" if status < 500 else "internal_error"
+        return err
+    return cls(message, headers=headers)

@@ -39,7 +39,7 @@ Observer = Callable[[str, str, str], None]
 
 def model_versions(home: Path, name: str) -> list[int]:
     d = home / "models" / name
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isascii() and p.name.isdigit()) if d.is_dir() else []
 
 
 def model_names(home: Path) -> list[str]:
@@ -133,8 +133,8 @@ def split_ref(ref: str) -> tuple[str, int | None]:
     name, slash, v = ref.partition("/")
     if not slash:
         return name, None
-    if not v.isdigit():
-        raise NotFound(f"model {ref!r}: the version must be a number", param="model")
+    if not (v.isascii() and v.isdigit()):  # '²'.isdigit() is true, int('²') raises
+        raise NotFound(f"model {ref!r}: the version must be a number (ASCII digits)", param="model")
     return name, int(v)
 
 

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -38,7 +38,11 @@ class Settings(BaseSettings):
     default_model: str | None = Field(None, description="model a request without \"model\" gets; default: the first")
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8000, ge=0, le=65535, description="port to bind")
-    admin_token: str | None = Field(None, description="bearer token for admin routes; none disables them")
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token for admin routes; none disables them (environment or config file only, "
+                          "never a command-line flag: it would show in ps)")
+    admin_token_file: Path | None = Field(
+        None, description="file holding the admin token (a mounted secret); read at start, trailing newline dropped")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default)")
     build_missing_index: bool = Field(True, description="build the model's index from its corpus if none exists")
     max_body_bytes: int = Field(65536, gt=0, description="largest request body, bytes, chunked or not (413 beyond)")
@@ -94,11 +98,26 @@ class Settings(BaseSettings):
             raise ValueError(f"REALMQA_HOME {v} has no models/ directory")
         return v
 
+    @model_validator(mode="after")
+    def _token_from_file(self) -> Settings:
+        if self.admin_token_file is None:
+            return self
+        if self.admin_token is not None:
+            raise ValueError("set REALMQA_ADMIN_TOKEN or REALMQA_ADMIN_TOKEN_FILE, not both")
+        try:
+            text = self.admin_token_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"REALMQA_ADMIN_TOKEN_FILE cannot be read: {type(e).__name__}") from None
+        self.admin_token = SecretStr(text.rstrip("\r\n"))
+        self._token_not_blank(self.admin_token)
+        return self
+
     @field_validator("admin_token")
     @classmethod
-    def _token_not_blank(cls, v: str | None) -> str | None:
-        if v is not None and len(v.strip()) < 8:
-            raise ValueError("REALMQA_ADMIN_TOKEN must have at least 8 non-blank characters (or be unset)")
+    def _token_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value().strip()) < 8:
+            raise ValueError("REALMQA_ADMIN_TOKEN (or the file REALMQA_ADMIN_TOKEN_FILE) must have at least 8 "
+                             "non-blank characters (or be unset)")
         return v
 
 

@@ -4,35 +4,43 @@ worker. A failed load or swap leaves what serves untouched and answers with the 
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import AdminDep, RegistryDep, SettingsDep
 from service.registry import enqueue_build
-from service.schemas import BuildRequest, BuildResponse, IndexActivated
+from service.schemas import NAME_PATTERN, BuildRequest, BuildResponse, IndexActivated, error_responses
 
 router = APIRouter(dependencies=[AdminDep])
 
+Name = Annotated[str, Path(pattern=NAME_PATTERN, description="model or index name")]
+Version = Annotated[int, Path(ge=0, le=999_999_999, description="version number")]
+AUTH_ERRORS = (401, 403, 404, 413, 422)
 
-@router.post("/v1/models/{name}/versions/{version}/load")
-async def load(name: str, version: int, registry: RegistryDep) -> dict[str, str]:
+
+@router.post("/v1/models/{name}/versions/{version}/load", responses=error_responses(*AUTH_ERRORS))
+async def load(name: Name, version: Version, registry: RegistryDep) -> dict[str, str]:
     engine = await run_in_threadpool(registry.load, name, version)
     return {"model": engine.model_ref, "index": engine.index_ref, "state": "ready"}
 
 
-@router.post("/v1/models/{name}/versions/{version}/unload")
-async def unload(name: str, version: int, registry: RegistryDep) -> dict[str, str]:
-    registry.unload(name, version)
+@router.post("/v1/models/{name}/versions/{version}/unload", responses=error_responses(*AUTH_ERRORS))
+async def unload(name: Name, version: Version, registry: RegistryDep) -> dict[str, str]:
+    await run_in_threadpool(registry.unload, name, version)  # waits on the registry lock: off the event loop
     return {"model": f"{name}/{version}", "state": "unloaded"}
 
 
-@router.post("/v1/indexes/{name}/versions/{version}/activate", response_model=IndexActivated)
-async def activate(name: str, version: int, registry: RegistryDep) -> IndexActivated:
+@router.post("/v1/indexes/{name}/versions/{version}/activate", response_model=IndexActivated,
+             responses=error_responses(*AUTH_ERRORS, 409))
+async def activate(name: Name, version: Version, registry: RegistryDep) -> IndexActivated:
     engines = await run_in_threadpool(registry.activate_index, name, version)
     return IndexActivated(index=f"{name}/{version}", served_by=[e.model_ref for e in engines])
 
 
-@router.post("/v1/indexes/{name}/builds", response_model=BuildResponse, status_code=202)
-async def build(name: str, req: BuildRequest, settings: SettingsDep) -> BuildResponse:
-    job = enqueue_build(settings.home, name, req.model, req.corpus, req.factory)
+@router.post("/v1/indexes/{name}/builds", response_model=BuildResponse, status_code=202,
+             responses=error_responses(*AUTH_ERRORS, 400))
+async def build(name: Name, req: BuildRequest, settings: SettingsDep) -> BuildResponse:
+    job = await run_in_threadpool(enqueue_build, settings.home, name, req.model, req.corpus, req.factory)
     return BuildResponse(job=job, index=name, state="queued")

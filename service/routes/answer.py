@@ -8,7 +8,7 @@ from service.deps import BatcherDep, RegistryDep, SettingsDep
 from service.engine import ScoredBlock
 from service.errors import InvalidInput
 from service.routes.common import check_text, timeout_s
-from service.schemas import AnswerRequest, AnswerResponse, BlockOut, CandidateOut
+from service.schemas import QUEUED_ERRORS, AnswerRequest, AnswerResponse, BlockOut, CandidateOut
 
 router = APIRouter()
 
@@ -17,7 +17,7 @@ def _block(b: ScoredBlock) -> BlockOut:
     return BlockOut(id=b.block.id, title=b.block.title, text=b.block.text, score=b.score)
 
 
-@router.post("/answer", response_model=AnswerResponse)
+@router.post("/answer", response_model=AnswerResponse, responses=QUEUED_ERRORS)
 async def answer(req: AnswerRequest, settings: SettingsDep, registry: RegistryDep,
                  batcher: BatcherDep) -> AnswerResponse:
     check_text(req.question, "question", settings)
@@ -26,6 +26,7 @@ async def answer(req: AnswerRequest, settings: SettingsDep, registry: RegistryDe
         raise InvalidInput(f"reader_beam_size must be at most {settings.max_reader_beam_size}",
                            param="reader_beam_size")
     engine = registry.get(req.model)
+    engine.validate_question(req.question)  # before it joins a batch: a bad question never costs the others
     a = await batcher.answer(engine, req.question, beam, timeout_s(req.timeout_ms, settings))
     return AnswerResponse(
         answer=a.best.answer, score=a.best.score, start_char=a.best.start_char, end_char=a.best.end_char,

@@ -9,16 +9,17 @@ from starlette.concurrency import run_in_threadpool
 from index.worker import running_builds
 from service.deps import BatcherDep, MetricsDep, RegistryDep, SettingsDep
 from service.errors import NotReady
+from service.schemas import error_responses
 
 router = APIRouter()
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses=error_responses(503))
 async def healthz() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=error_responses(503))
 async def readyz(registry: RegistryDep) -> dict[str, object]:
     engines = registry.served()
     if not engines:
@@ -28,7 +29,9 @@ async def readyz(registry: RegistryDep) -> dict[str, object]:
     return {"status": "ready", "models": [e.model_ref for e in engines]}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={
+    200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+    **error_responses()})
 async def metrics(metrics: MetricsDep, registry: RegistryDep, batcher: BatcherDep, settings: SettingsDep) -> Response:
     builds = tuple((b.index, b.job, b.blocks) for b in running_builds(settings.home))
     return Response(metrics.render(registry.served(), batcher.depth(), builds), media_type=CONTENT_TYPE_LATEST)

@@ -6,12 +6,20 @@ from fastapi import APIRouter
 
 from service.deps import RegistryDep, SettingsDep
 from service.registry import describe_indexes
-from service.schemas import IndexesResponse, IndexOut, IndexVersionOut, ModelOut, ModelsResponse, ModelVersionOut
+from service.schemas import (
+    IndexesResponse,
+    IndexOut,
+    IndexVersionOut,
+    ModelOut,
+    ModelsResponse,
+    ModelVersionOut,
+    error_responses,
+)
 
 router = APIRouter()
 
 
-@router.get("/v1/models", response_model=ModelsResponse)
+@router.get("/v1/models", response_model=ModelsResponse, responses=error_responses())
 async def list_models(registry: RegistryDep) -> ModelsResponse:
     default = registry.default_name()
     return ModelsResponse(models=[
@@ -21,7 +29,7 @@ async def list_models(registry: RegistryDep) -> ModelsResponse:
         for name, versions in registry.describe().items()])
 
 
-@router.get("/v1/indexes", response_model=IndexesResponse)
+@router.get("/v1/indexes", response_model=IndexesResponse, responses=error_responses())
 async def list_indexes(settings: SettingsDep, registry: RegistryDep) -> IndexesResponse:
     by_name: dict[str, list[IndexVersionOut]] = {}
     for i in describe_indexes(settings.home, registry.served()):

@@ -7,12 +7,12 @@ from fastapi import APIRouter
 from service.deps import BatcherDep, RegistryDep, SettingsDep
 from service.errors import InvalidInput
 from service.routes.common import check_text, timeout_s
-from service.schemas import RankedBlockOut, RetrieveRequest, RetrieveResponse
+from service.schemas import QUEUED_ERRORS, RankedBlockOut, RetrieveRequest, RetrieveResponse
 
 router = APIRouter()
 
 
-@router.post("/retrieve", response_model=RetrieveResponse)
+@router.post("/retrieve", response_model=RetrieveResponse, responses=QUEUED_ERRORS)
 async def retrieve(req: RetrieveRequest, settings: SettingsDep, registry: RegistryDep,
                    batcher: BatcherDep) -> RetrieveResponse:
     check_text(req.query, "query", settings)
@@ -20,6 +20,7 @@ async def retrieve(req: RetrieveRequest, settings: SettingsDep, registry: Regist
     if k > settings.max_k:
         raise InvalidInput(f"k must be at most {settings.max_k}", param="k")
     engine = registry.get(req.model)
+    engine.validate_query(req.query)  # a query with no wordpieces would retrieve arbitrary blocks
     r = await batcher.retrieve(engine, req.query, k, timeout_s(req.timeout_ms, settings))
     return RetrieveResponse(
         blocks=[RankedBlockOut(id=b.block.id, title=b.block.title, text=b.block.text, score=b.score, rank=b.rank)

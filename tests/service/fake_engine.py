@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from index.block_store import Block
 from service.engine import Answer, Candidate, Retrieval, ScoredBlock
+from service.errors import InvalidInput
 
 BLOCKS = [
     Block("b0", "Broncos", "Denver Broncos won Super Bowl 50."),
@@ -19,6 +20,17 @@ class FakeEngine:
         self.ready = True
         self.block_count = len(BLOCKS)
         self.reader_seq_len = 64
+
+    max_question_words = 20
+
+    def validate_question(self, question: str) -> None:
+        self.validate_query(question, "question")
+        if len(question.split()) > self.max_question_words:
+            raise InvalidInput(f"question has more than {self.max_question_words} words", param="question")
+
+    def validate_query(self, query: str, param: str = "query") -> None:
+        if not any(c.isalnum() for c in query):
+            raise InvalidInput(f"{param} has no wordpieces", param=param)
 
     def _rank(self, query: str, k: int) -> list[ScoredBlock]:
         words = set(query.lower().split())

@@ -87,7 +87,7 @@ def test_failing_load_keeps_the_old_version(client: TestClient) -> None:
 def test_unknown_versions_are_404(client: TestClient) -> None:
     assert_error(client.post("/v1/models/fake/versions/9/load", headers=AUTH), 404, "model")
     assert_error(client.post("/v1/models/nope/versions/1/load", headers=AUTH), 404, "model")
-    assert_error(client.post("/answer", json={"question": "x", "model": "fake/x"}), 404, "model")
+    assert_error(client.post("/answer", json={"question": "x", "model": "fake/x"}), 422, "model")  # not a version
     assert_error(client.post("/answer", json={"question": "x", "model": "nope"}), 404, "model")
 
 

@@ -59,5 +59,31 @@ def test_serve_help_lists_every_setting() -> None:
     out = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--help"], capture_output=True, text=True,
                          timeout=120, check=True, env={"COLUMNS": "200", "PATH": ""}).stdout
     for name in Settings.model_fields:
+        if name == "admin_token":  # never a flag: it would show in ps
+            assert "--admin-token " not in out and "--admin-token\n" not in out
+            continue
         assert f"--{name.replace('_', '-')}" in out and f"REALMQA_{name.upper()}" in out, name
     assert "REALMQA_CONFIG_FILE" in out
+
+
+def test_admin_token_from_environment_or_file_is_a_secret(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REALMQA_ADMIN_TOKEN", "from-the-environment")
+    s = load_settings(home=home)
+    assert s.admin_token is not None and s.admin_token.get_secret_value() == "from-the-environment"
+    assert "from-the-environment" not in repr(s) and "from-the-environment" not in str(s.model_dump())
+    monkeypatch.delenv("REALMQA_ADMIN_TOKEN")
+    secret = home / "token"
+    secret.write_text("mounted-secret-123\n")
+    monkeypatch.setenv("REALMQA_ADMIN_TOKEN_FILE", str(secret))
+    s = load_settings(home=home)
+    assert s.admin_token is not None and s.admin_token.get_secret_value() == "mounted-secret-123"
+    monkeypatch.setenv("REALMQA_ADMIN_TOKEN", "from-the-environment")
+    with pytest.raises(ValidationError, match="not both"):
+        load_settings(home=home)
+    monkeypatch.delenv("REALMQA_ADMIN_TOKEN")
+    secret.write_text("short\n")
+    with pytest.raises(ValidationError, match="at least 8"):
+        load_settings(home=home)
+    monkeypatch.setenv("REALMQA_ADMIN_TOKEN_FILE", str(home / "missing"))
+    with pytest.raises(ValidationError, match="cannot be read"):
+        load_settings(home=home)
