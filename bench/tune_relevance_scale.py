@@ -10,13 +10,14 @@ every scale is scored from the same logits (REALM §3.4: answer = argmax span sc
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
 from index.version import open_version
+from realm_core import qa
 from realm_core.evaluation import exact_match, f1_score
 from realm_core.model_dir import load_model_dir
-from realm_core.reader import select_spans
 from service.engine import QAEngine
 from service.evaluate import load_questions
 from service.registry import find_index, model_versions
@@ -30,9 +31,9 @@ def main() -> None:
     p.add_argument("--questions", required=True)
     p.add_argument("--limit", type=int, default=300)
     p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--batch", type=int, default=32, help="questions per engine call")
     p.add_argument("--scales", default="0,1,2,5,10,20,50")
     a = p.parse_args()
-    from pathlib import Path
 
     home = Path(a.home)
     v = model_versions(home, a.model)[-1]
@@ -44,19 +45,16 @@ def main() -> None:
     scales = [float(s) for s in a.scales.split(",")]
     em = dict.fromkeys(scales, 0.0)
     f1 = dict.fromkeys(scales, 0.0)
-    tok = model.reader_tokenizer
-    for q in qs:
-        blocks = engine._retrieve([q.question], a.beam, {})[0]
-        qp = engine.question_pieces([q.question])[0]
-        enc = tok.encode_pairs([qp] * len(blocks), tok.pieces([b.block.text for b in blocks]), model.reader_seq_len)
-        logits, starts, ends = model.reader(enc.input_ids, enc.attention_mask, enc.token_type_ids, enc.block_mask)
-        rel = torch.tensor([b.score for b in blocks])
-        for s in scales:
-            bi, si = (int(x[0]) for x in select_spans((logits + s * rel[:, None])[None]))
-            lo, hi = int(enc.block_offsets[bi, starts[si], 0]), int(enc.block_offsets[bi, ends[si], 1])
-            pred = blocks[bi].block.text[lo:hi]
-            em[s] += exact_match(pred, q.answers)
-            f1[s] += f1_score(pred, q.answers)
+    for i in range(0, len(qs), a.batch):
+        chunk = qs[i : i + a.batch]
+        texts = [q.question for q in chunk]
+        retrieved = engine.retrieve(texts, a.beam)
+        batch = engine.read(engine.question_pieces(texts), [r.blocks for r in retrieved])
+        for q, reading in zip(chunk, batch.readings, strict=True):
+            for s in scales:
+                pred = qa.answer(reading, s).best.text
+                em[s] += exact_match(pred, q.answers)
+                f1[s] += f1_score(pred, q.answers)
     print(f"{len(qs)} questions, reader beam {a.beam}")
     print(f"{'scale':>8} {'EM':>7} {'F1':>7}")
     for s in scales:

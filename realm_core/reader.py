@@ -49,19 +49,22 @@ class ReaderProjection(nn.Module):
         self.dense_output = nn.Linear(config.span_hidden_size, 1)
         self.layer_normalization = nn.LayerNorm(config.span_hidden_size, eps=config.reader_layer_norm_eps)
 
-    def forward(self, hidden: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-        """hidden: (batch, seq_len, hidden); starts, ends: (num_spans,) → (batch, num_spans) span scores.
+    def forward(self, hidden: torch.Tensor, max_span_width: int) -> torch.Tensor:
+        """hidden: (batch, seq_len, hidden) → (batch, num_spans) scores of every span of width
+        1..max_span_width, in :func:`span_candidates`' width-major order.
 
         score = Linear(LayerNorm(relu(start_proj[start] + end_proj[end]))) as in HF
-        ``RealmReaderProjection.forward``.
+        ``RealmReaderProjection.forward``. One width at a time: the spans of width w start at 0..T−w, so
+        their start and end projections are two shifted slices, and the largest buffer is (B, T, S)
+        instead of HF's (B, num_spans, S).
         """
         start_proj, end_proj = self.dense_intermediate(hidden).chunk(2, dim=-1)  # (B, T, S) each
-        # index_select + in-place add and relu: the same values as relu(start[:, s] + end[:, e]) with one
-        # (B, C, S) buffer instead of three.
-        x = start_proj.index_select(1, starts)  # (B, C, S)
-        x += end_proj.index_select(1, ends)
-        x.relu_()
-        return self.dense_output(self.layer_normalization(x)).squeeze(-1)  # (B, C)
+        T = hidden.shape[1]
+        out = []
+        for w in range(1, min(max_span_width, T) + 1):
+            x = (start_proj[:, : T - w + 1] + end_proj[:, w - 1 :]).relu_()  # (B, T−w+1, S)
+            out.append(self.dense_output(self.layer_normalization(x)).squeeze(-1))  # (B, T−w+1)
+        return torch.cat(out, dim=1)  # (B, C)
 
 
 class SpanReader(nn.Module):
@@ -72,6 +75,20 @@ class SpanReader(nn.Module):
         self.config = config
         self.realm = BertModel(config.bert)
         self.qa_outputs = ReaderProjection(config)
+
+    def span_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Unmasked span scores of every row (HF ``RealmReader.forward`` before ``mask_to_score``).
+
+        Args:
+            input_ids, attention_mask, token_type_ids: (rows, seq_len).
+
+        Returns:
+            scores: (rows, num_spans) in the reader's dtype; starts, ends: (num_spans,) as :func:`span_candidates`.
+        """
+        hidden = self.realm(input_ids, attention_mask, token_type_ids)  # (R, T, H)
+        starts, ends = span_candidates(input_ids.shape[1], self.config.max_span_width, input_ids.device)
+        return self.qa_outputs(hidden, self.config.max_span_width), starts, ends
 
     def forward(
         self,
@@ -93,9 +110,7 @@ class SpanReader(nn.Module):
                 inside the block get ``finfo.min`` added (HF ``mask_to_score``).
             starts, ends: (num_spans,) token positions of each span, end inclusive.
         """
-        hidden = self.realm(input_ids, attention_mask, token_type_ids)  # (R, T, H)
-        starts, ends = span_candidates(input_ids.shape[1], self.config.max_span_width, input_ids.device)
-        logits = self.qa_outputs(hidden, starts, ends)  # (R, C)
+        logits, starts, ends = self.span_scores(input_ids, attention_mask, token_type_ids)  # (R, C)
         span_mask = (block_mask[:, starts] & block_mask[:, ends]).to(logits.dtype)  # (R, C)
         logits = logits + (1.0 - span_mask) * torch.finfo(logits.dtype).min
         if relevance_score is not None:

@@ -37,6 +37,26 @@ class TextBatch:
     token_type_ids: torch.Tensor
 
 
+@dataclass(frozen=True)
+class PairRow:
+    """One unpadded reader row ``[CLS] question [SEP] block [SEP]``.
+
+    ids: the row's wordpiece ids, special tokens included; the block's wordpieces are
+    ``ids[block_start:block_end]``, with ``block_offsets`` their (start_char, end_char) in the block text.
+    """
+
+    ids: list[int]
+    block_start: int
+    block_offsets: list[tuple[int, int]]
+
+    @property
+    def block_end(self) -> int:
+        return self.block_start + len(self.block_offsets)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 @dataclass
 class PairBatch:
     """Padded reader inputs ``[CLS] question [SEP] block [SEP] [PAD]...``.
@@ -163,11 +183,57 @@ class WordPieceTokenizer:
             attention_mask[i, : len(r)] = 1
         return TextBatch(input_ids, attention_mask, torch.zeros_like(input_ids))
 
+    def pair_rows(
+        self, questions: Sequence[Pieces], blocks: Sequence[Pieces], max_length: int,
+        truncation: str = "only_block",
+    ) -> list[PairRow]:
+        """Unpadded reader rows ``[CLS] question [SEP] block [SEP]`` for aligned (question, block) pairs,
+        each pair cut to ``max_length`` tokens by the strategy ``truncation`` (a key of ``TRUNCATIONS``).
+
+        Raises:
+            ValueError: an unknown strategy, or (``only_block``) a question that leaves no room for a block token.
+        """
+        if truncation not in TRUNCATIONS:
+            raise ValueError(f"truncation {truncation!r} is not one of {sorted(TRUNCATIONS)}")
+        cut = TRUNCATIONS[truncation]
+        rows = []
+        for qp, bp in zip(questions, blocks, strict=True):
+            nq, nb = cut(len(qp.ids), len(bp.ids), max_length - 3)
+            rows.append(PairRow([self.cls_id, *qp.ids[:nq], self.sep_id, *bp.ids[:nb], self.sep_id],
+                                nq + 2, bp.offsets[:nb]))
+        return rows
+
+    def pad_pairs(self, rows: Sequence[PairRow], seq_len: int | None = None) -> PairBatch:
+        """Rows padded on the right to ``seq_len`` tokens (default: the longest row), as a :class:`PairBatch`.
+
+        Raises:
+            ValueError: a row is longer than ``seq_len``.
+        """
+        T = max(len(r) for r in rows) if seq_len is None else seq_len
+        if any(len(r) > T for r in rows):
+            raise ValueError(f"a row of {max(len(r) for r in rows)} tokens does not fit in {T}")
+        n = len(rows)
+        input_ids = torch.full((n, T), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((n, T), dtype=torch.long)
+        token_type_ids = torch.zeros((n, T), dtype=torch.long)
+        block_mask = torch.zeros((n, T), dtype=torch.bool)
+        block_offsets = torch.full((n, T, 2), -1, dtype=torch.long)
+        for i, r in enumerate(rows):
+            s, e = r.block_start, r.block_end
+            input_ids[i, : len(r)] = torch.tensor(r.ids)
+            attention_mask[i, : len(r)] = 1
+            token_type_ids[i, s : len(r)] = 1
+            block_mask[i, s:e] = True
+            if r.block_offsets:
+                block_offsets[i, s:e] = torch.tensor(r.block_offsets)
+        return PairBatch(input_ids, attention_mask, token_type_ids, block_mask, block_offsets)
+
     def encode_pairs(
         self, questions: Sequence[Pieces], blocks: Sequence[Pieces], max_length: int,
         truncation: str = "only_block",
     ) -> PairBatch:
-        """Reader inputs for aligned (question, block) pairs, padded on the right to the longest row.
+        """Reader inputs for aligned (question, block) pairs, padded on the right to the longest row
+        (:meth:`pair_rows` then :meth:`pad_pairs`).
 
         With ``truncation="longest_first"`` this equals HF ``RealmRetriever.__call__``:
         ``tokenizer(questions, blocks, padding=True, truncation=True, return_special_tokens_mask=True,
@@ -181,30 +247,7 @@ class WordPieceTokenizer:
         Raises:
             ValueError: an unknown strategy, or (``only_block``) a question that leaves no room for a block token.
         """
-        if truncation not in TRUNCATIONS:
-            raise ValueError(f"truncation {truncation!r} is not one of {sorted(TRUNCATIONS)}")
-        cut = TRUNCATIONS[truncation]
-        rows: list[tuple[list[int], list[int], list[tuple[int, int]]]] = []
-        for qp, bp in zip(questions, blocks, strict=True):
-            nq, nb = cut(len(qp.ids), len(bp.ids), max_length - 3)
-            rows.append((qp.ids[:nq], bp.ids[:nb], bp.offsets[:nb]))
-        T = max(len(q) + len(b) + 3 for q, b, _ in rows)
-        n = len(rows)
-        input_ids = torch.full((n, T), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((n, T), dtype=torch.long)
-        token_type_ids = torch.zeros((n, T), dtype=torch.long)
-        block_mask = torch.zeros((n, T), dtype=torch.bool)
-        block_offsets = torch.full((n, T, 2), -1, dtype=torch.long)
-        for i, (q, b, off) in enumerate(rows):
-            s = len(q) + 2  # first block position
-            e = s + len(b)
-            input_ids[i, : e + 1] = torch.tensor([self.cls_id, *q, self.sep_id, *b, self.sep_id])
-            attention_mask[i, : e + 1] = 1
-            token_type_ids[i, s : e + 1] = 1
-            block_mask[i, s:e] = True
-            if off:
-                block_offsets[i, s:e] = torch.tensor(off)
-        return PairBatch(input_ids, attention_mask, token_type_ids, block_mask, block_offsets)
+        return self.pad_pairs(self.pair_rows(questions, blocks, max_length, truncation))
 
     def split_text(self, text: str, max_tokens: int) -> list[tuple[int, int]]:
         """Character ranges that cut ``text`` into blocks of at most ``max_tokens`` wordpieces.

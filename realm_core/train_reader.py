@@ -27,7 +27,8 @@ import torch
 from realm_core.bert import BertConfig, init_weights
 from realm_core.checkpoint import load_mapped, load_safetensors, save_safetensors_atomic
 from realm_core.evaluation import exact_match, f1_score
-from realm_core.reader import ReaderConfig, SpanReader, marginal_log_likelihood, select_spans
+from realm_core.qa import BeamBlock, answer, read_beams
+from realm_core.reader import ReaderConfig, SpanReader, marginal_log_likelihood
 from realm_core.tokenizer import Pieces, WordPieceTokenizer
 
 log = logging.getLogger(__name__)
@@ -204,13 +205,10 @@ def evaluate_gold(
             Pieces(q.ids[:max_question_tokens], q.offsets[:max_question_tokens])
             for q in tok.pieces([c[0] for c in chunk])
         ]
-        enc = tok.encode_pairs(qs, tok.pieces([c[1] for c in chunk]), reader_seq_len)
-        logits, starts, ends = reader(enc.input_ids, enc.attention_mask, enc.token_type_ids, enc.block_mask)
-        _, span = select_spans(logits[:, None, :])
-        for j, (_, text, refs) in enumerate(chunk):
-            s = int(enc.block_offsets[j, starts[span[j]], 0])
-            e = int(enc.block_offsets[j, ends[span[j]], 1])
-            pred = text[s:e]
+        beams = [[BeamBlock(c[1], 0.0)] for c in chunk]  # the gold paragraph alone, no relevance score
+        batch = read_beams(reader, tok, qs, beams, reader_seq_len)
+        for reading, (_, _, refs) in zip(batch.readings, chunk, strict=True):
+            pred = answer(reading, 0.0).best.text
             em += exact_match(pred, refs)
             f1 += f1_score(pred, refs)
     n = max(len(items), 1)

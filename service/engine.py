@@ -20,9 +20,9 @@ import torch
 from index.block_store import Block
 from index.faiss_index import search, to_searcher
 from index.version import IndexVersion
+from realm_core import qa
 from realm_core.model_dir import QAModel, embed_texts
-from realm_core.reader import select_spans
-from realm_core.tokenizer import PairBatch, Pieces
+from realm_core.tokenizer import Pieces
 from service.errors import InvalidInput, NotReady
 
 log = logging.getLogger(__name__)
@@ -50,16 +50,6 @@ class Answer:
     candidates: list[Candidate]  # best span of each block read, best first
     timings_ms: dict[str, float] = field(default_factory=dict)
     index_ref: str = ""  # the index version this answer came from ("" if the engine does not say)
-
-
-@dataclass
-class Reading:
-    """The reader's pass over one question's blocks (HF ``RealmForOpenQA.forward``'s reader step)."""
-
-    inputs: PairBatch  # (reader_beam, seq_len) rows [CLS] question [SEP] block [SEP] [PAD]...
-    logits: torch.Tensor  # (reader_beam, num_spans) span score + relevance_scale × relevance score
-    starts: torch.Tensor  # (num_spans,) token positions in the rows, end inclusive
-    ends: torch.Tensor
 
 
 @dataclass
@@ -115,12 +105,12 @@ class QAEngine:
         ValueError: the index was built by another embedder, or its dimension differs.
     """
 
-    def __init__(self, model: QAModel, index: IndexVersion, read_chunk_rows: int = 16) -> None:
+    def __init__(self, model: QAModel, index: IndexVersion, max_pass_tokens: int = 65536) -> None:
         check_pair(model, index)
         self.model, self.index = model, index
         # what searches: the index, or its GPU copy with its own GPU resources (used under _lock only)
         self._searcher = to_searcher(index.index)
-        self.read_chunk_rows = read_chunk_rows
+        self.max_pass_tokens = max_pass_tokens  # padded tokens per reader pass (qa.read_beams)
         self._lock = threading.Lock()  # one batch at a time: torch already uses every core; a swap waits for it
 
     @property
@@ -147,13 +137,10 @@ class QAEngine:
             InvalidInput: a question with no wordpieces or more than ``max_question_tokens``.
         """
         tok = self.model.reader_tokenizer
-        pieces = tok.pieces(questions)
-        for p in pieces:
-            if not p.ids:
-                raise InvalidInput("question has no tokens", param="question")
-            if len(p.ids) > self.model.max_question_tokens:
-                raise InvalidInput(f"question has {len(p.ids)} tokens, more than the "
-                                   f"{self.model.max_question_tokens} allowed", param="question")
+        try:
+            pieces = qa.question_pieces(tok, questions, self.model.max_question_tokens)
+        except qa.QuestionError as e:
+            raise InvalidInput(str(e), param="question") from None
         if self.model.reader_question == "text":
             return pieces
         return tok.pieces(self.model.reader_question_texts(questions))
@@ -179,7 +166,9 @@ class QAEngine:
             raise InvalidInput(f"{param} has no wordpieces (only blank, control or zero-width characters)",
                                param=param)
 
-    def _retrieve(self, queries: list[str], k: int, timings: dict[str, float]) -> list[list[ScoredBlock]]:
+    def retrieve_blocks(self, queries: list[str], k: int, timings: dict[str, float]) -> list[list[ScoredBlock]]:
+        """The retrieval step (call under the lock): embed the queries, MIPS over the served index, fetch
+        the top ``k`` blocks of each, best first. Adds ``embed_ms``, ``search_ms``, ``fetch_ms`` to ``timings``."""
         t0 = time.perf_counter()
         xq = embed_texts(self.model.query, queries).numpy()
         t1 = time.perf_counter()
@@ -198,24 +187,27 @@ class QAEngine:
         """Top-``k`` blocks of each query, best first."""
         timings: dict[str, float] = {}
         with self._lock:
-            found = self._retrieve(queries, k, timings)
+            found = self.retrieve_blocks(queries, k, timings)
             ref = self.index.ref
         return [Retrieval(b, dict(timings), ref) for b in found]
 
     @torch.no_grad()
     def answer(self, questions: list[str], reader_beam_size: int) -> list[Answer]:
         """Answer each question from its top ``reader_beam_size`` blocks (REALM §3.4, HF
-        ``RealmForOpenQA.forward``): the reader scores every span of every block, adds the relevance
-        score, and the best (block, span) by :func:`realm_core.reader.select_spans` is the answer."""
+        ``RealmForOpenQA.forward``): one reader pass over every (question, block) row of the batch
+        (:func:`realm_core.qa.read_beams`), then each question's answer by :func:`realm_core.qa.answer`.
+
+        Raises:
+            InvalidInput: a question with no wordpieces or more than ``max_question_tokens``.
+        """
         q_pieces = self.question_pieces(questions)
         timings: dict[str, float] = {}
         with self._lock:
-            found = self._retrieve(questions, reader_beam_size, timings)
+            found = self.retrieve_blocks(questions, reader_beam_size, timings)
             t0 = time.perf_counter()
-            results = []
-            for q, blocks in zip(q_pieces, found):
-                r = self.read(q, blocks)
-                results.append(self._pick(blocks, r.logits, r.inputs.block_offsets, r.starts, r.ends))
+            batch = self.read(q_pieces, found)
+            scale = self.model.reader.config.relevance_scale
+            results = [self._answer(blocks, qa.answer(r, scale)) for blocks, r in zip(found, batch.readings)]
             timings["read_ms"] = (time.perf_counter() - t0) * 1e3
             ref = self.index.ref
         for a in results:
@@ -223,42 +215,21 @@ class QAEngine:
         return results
 
     @torch.no_grad()
-    def read(self, question: Pieces, blocks: list[ScoredBlock]) -> Reading:
-        """Score every span of one question's blocks (HF ``RealmForOpenQA.forward``: retriever inputs,
-        ``block_mask``, ``RealmReader.forward``).
-
-        The rows of one question are padded to their longest, as HF pads the reader beam, so span
-        indices agree with the reference; rows are read ``read_chunk_rows`` at a time.
-        """
+    def read(self, questions: list[Pieces], found: list[list[ScoredBlock]]) -> qa.BatchReading:
+        """Score every span of every question's blocks in length-grouped reader passes of at most
+        ``max_pass_tokens`` padded tokens, with the model's reader-input rules (HF ``RealmRetriever.__call__``,
+        ``RealmForOpenQA.forward``'s ``block_mask``, ``RealmReader.forward``)."""
         m = self.model
-        tok = m.reader_tokenizer
-        enc = tok.encode_pairs([question] * len(blocks), tok.pieces([b.block.text for b in blocks]),
-                               m.reader_seq_len, m.reader_truncation)
-        rel = torch.tensor([b.score for b in blocks], dtype=torch.float32)
-        chunks = []
-        for i in range(0, len(blocks), self.read_chunk_rows):
-            sl = slice(i, i + self.read_chunk_rows)
-            logits, starts, ends = m.reader(enc.input_ids[sl], enc.attention_mask[sl],
-                                            enc.token_type_ids[sl], enc.block_mask[sl], rel[sl])
-            chunks.append(logits.float())
-        return Reading(enc, torch.cat(chunks), starts, ends)
+        beams = [[qa.BeamBlock(b.block.text, b.score) for b in blocks] for blocks in found]
+        return qa.read_beams(m.reader, m.reader_tokenizer, questions, beams, m.reader_seq_len,
+                             m.reader_truncation, self.max_pass_tokens)
 
     @staticmethod
-    def _pick(blocks: list[ScoredBlock], logits: torch.Tensor, offsets: torch.Tensor,
-              starts: torch.Tensor, ends: torch.Tensor) -> Answer:
-        """logits: (reader_beam, num_spans); offsets: (reader_beam, seq_len, 2) block character offsets."""
+    def _answer(blocks: list[ScoredBlock], r: qa.QAResult) -> Answer:
+        def candidate(c: qa.SpanChoice) -> Candidate:
+            return Candidate(c.text, c.score, c.start_char, c.end_char, blocks[c.row])
 
-        def candidate(b: int, span: int, score: float) -> Candidate:
-            s, e = int(offsets[b, starts[span], 0]), int(offsets[b, ends[span], 1])
-            return Candidate(blocks[b].block.text[s:e], score, s, e, blocks[b])
-
-        block_idx, span_idx = select_spans(logits[None])
-        bi, si = int(block_idx[0]), int(span_idx[0])
-        best = candidate(bi, si, float(logits[bi, si]))
-        per_block = logits.max(dim=1)
-        cands = [candidate(b, sp, sc) for b, (sc, sp) in
-                 enumerate(zip(per_block.values.tolist(), per_block.indices.tolist()))]
-        return Answer(best, sorted(cands, key=lambda c: -c.score))
+        return Answer(candidate(r.best), sorted((candidate(c) for c in r.per_block), key=lambda c: -c.score))
 
     def swap_index(self, index: IndexVersion) -> str:
         """Serve ``index`` from the next batch on: check it (embedder, dimension, one real search), then

@@ -57,3 +57,40 @@ def test_heldout_split_keeps_whole_articles() -> None:
     train, held = split_heldout(ARTICLES, 1, seed=3)
     assert len(held) == 1 and len(train) == 1
     assert {a["title"] for a in train} | {a["title"] for a in held} == {"A", "B"}
+
+
+def test_evaluate_gold_equals_each_question_alone() -> None:
+    """The gold-paragraph evaluation (batched through realm_core.qa) scores each of 24 held-out questions as
+    the plain path does for that question alone; the bundled reader gets some right and some wrong."""
+    import json
+
+    import torch
+
+    from realm_core.evaluation import exact_match, f1_score
+    from realm_core.model_dir import load_model_dir
+    from realm_core.reader import select_spans
+    from realm_core.train_reader import evaluate_gold
+
+    m = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
+    heldout = json.loads((BUNDLED_MODEL.parents[2] / "heldout" / "squad-train-heldout.json").read_text())
+    para = heldout["data"][0]["paragraphs"]
+    articles = [{"title": "t", "paragraphs": [{**p, "qas": p["qas"][:3]} for p in para[:8]]}]
+    items = [(qa["question"], p["context"], [a["text"] for a in qa["answers"]])
+             for p in articles[0]["paragraphs"] for qa in p["qas"]]
+    assert len(items) >= 20
+    em = f1 = 0.0
+    for q, ctx, refs in items:
+        qp = m.reader_tokenizer.pieces([q])[0]
+        enc = m.reader_tokenizer.encode_pairs([qp], m.reader_tokenizer.pieces([ctx]), m.reader_seq_len)
+        with torch.no_grad():
+            logits, starts, ends = m.reader(enc.input_ids, enc.attention_mask, enc.token_type_ids, enc.block_mask)
+        _, span = select_spans(logits[:, None, :])
+        pred = ctx[int(enc.block_offsets[0, starts[span[0]], 0]):int(enc.block_offsets[0, ends[span[0]], 1])]
+        em += exact_match(pred, refs)
+        f1 += f1_score(pred, refs)
+    got = evaluate_gold(m.reader, m.reader_tokenizer, articles, m.reader_seq_len, m.max_question_tokens,
+                        batch_size=7)
+    assert got["questions"] == len(items)
+    assert got["em"] == pytest.approx(100 * em / len(items))
+    assert got["f1"] == pytest.approx(100 * f1 / len(items))
+    assert 0 < em < len(items)

@@ -87,15 +87,21 @@ def test_engine_answers_equal_hf(engine: QAEngine, hf_realm: HfRealmFixture) -> 
 
 
 def test_engine_reader_logits_equal_hf(engine: QAEngine, hf_realm: HfRealmFixture) -> None:
+    """All questions' reader beams in one batch of length-grouped reader passes: each question's rows as HF
+    pads them, its logits within 1e-4 of HF's."""
     pieces = engine.question_pieces(hf_realm.questions)
     found = engine.retrieve(hf_realm.questions, 5)
-    for q, r, ref in zip(pieces, found, hf_realm.answers, strict=True):
+    batch = engine.read(pieces, [r.blocks for r in found])
+    assert len(batch.pass_rows) < len(hf_realm.questions)  # rows of several questions share a pass
+    tok = engine.model.reader_tokenizer
+    scale = engine.model.reader.config.relevance_scale
+    for r, reading, ref in zip(found, batch.readings, hf_realm.answers, strict=True):
         assert [b.block.id for b in r.blocks] == [str(i) for i in ref.retrieved_ids]
-        reading = engine.read(q, r.blocks)
-        assert torch.equal(reading.inputs.input_ids, ref.reader_inputs["input_ids"])
+        assert torch.equal(reading.inputs(tok).input_ids, ref.reader_inputs["input_ids"])
+        logits = reading.logits(scale)
         live = ref.logits > -1e30
-        assert torch.equal(reading.logits > -1e30, live)
-        assert (reading.logits[live] - ref.logits[live]).abs().max().item() <= 1e-4
+        assert torch.equal(logits > -1e30, live)
+        assert (logits[live] - ref.logits[live]).abs().max().item() <= 1e-4
 
 
 def test_batch_equals_one_at_a_time(engine: QAEngine, hf_realm: HfRealmFixture) -> None:

@@ -1,0 +1,245 @@
+"""REALM's reading rules on plain data (Guu et al. 2020 §3.4; HF ``RealmForOpenQA.forward``).
+
+question wordpieces + the question's reader beam (each block's text, relevance score and, where the block
+store keeps them, its wordpieces) → reader rows ``[CLS] question [SEP] block [SEP]`` cut by the model's
+truncation rule → masked span logits → best span of each block → character offsets → the answer.
+
+:func:`read_beams` reads the reader beams of a whole batch of questions together: every row (questions ×
+reader beam) is sorted by length, rows of similar length are padded only to the longest of their group
+(:func:`plan_passes`: at most ``max_padding`` of a row's tokens are padding), and groups are cut into reader
+passes of at most ``max_pass_tokens`` padded tokens. Padding is masked out of attention, so a row's span
+scores do not depend on its group; they are then laid out as HF lays out one question's reader beam (its
+rows padded to the longest of that question, spans width-major, :func:`realm_core.reader.span_candidates`),
+so :func:`answer` applies HF's selection rule, ties included, to the same logits as reading one question
+at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from realm_core.reader import SpanReader, select_spans, span_candidates
+from realm_core.tokenizer import PairBatch, PairRow, Pieces, WordPieceTokenizer
+
+MASKED = torch.finfo(torch.float32).min  # a span not wholly inside the block (HF ``mask_to_score``)
+
+
+class QuestionError(ValueError):
+    """A question the reader cannot read (no wordpieces, or more than the model allows)."""
+
+
+@dataclass(frozen=True)
+class BeamBlock:
+    """One retrieved block as the reader needs it."""
+
+    text: str
+    relevance: float  # relevance score: inner product of query and block embeddings
+    pieces: Pieces | None = None  # the block's wordpieces if stored at index build time; None: tokenised here
+
+
+@dataclass(frozen=True)
+class SpanChoice:
+    """A span of one block of the reader beam."""
+
+    row: int  # the block's position in the question's reader beam
+    score: float  # span score + relevance_scale × relevance score (REALM §3.4)
+    start_char: int  # in the block text, end exclusive
+    end_char: int
+    text: str  # block_text[start_char:end_char]
+
+
+@dataclass
+class QAResult:
+    best: SpanChoice  # HF ``RealmForOpenQA``'s answer
+    per_block: list[SpanChoice]  # the best span of each block, in reader-beam order
+
+
+@dataclass
+class Reading:
+    """One question's reader beam as the reader scored it, in HF ``RealmReader``'s layout.
+
+    span_logits: (reader_beam, num_spans) float32 span scores of the rows padded to this question's longest
+    row, ``MASKED`` where a span is not wholly inside the block; the relevance score is not added.
+    starts, ends: (num_spans,) token positions of each span, end inclusive (:func:`span_candidates`).
+    """
+
+    blocks: list[BeamBlock]
+    rows: list[PairRow]
+    span_logits: torch.Tensor
+    starts: torch.Tensor
+    ends: torch.Tensor
+
+    def logits(self, relevance_scale: float) -> torch.Tensor:
+        """(reader_beam, num_spans) span score + ``relevance_scale`` × relevance score (HF ``RealmReader``:
+        ``relevance_score.unsqueeze(-1) + reader_logits``)."""
+        rel = torch.tensor([b.relevance for b in self.blocks], dtype=torch.float32)
+        return self.span_logits + relevance_scale * rel[:, None]
+
+    def inputs(self, tokenizer: WordPieceTokenizer) -> PairBatch:
+        """The rows padded as HF pads one question's reader beam (to its longest row)."""
+        return tokenizer.pad_pairs(self.rows)
+
+    def char_span(self, row: int, span: int) -> tuple[int, int]:
+        """(start_char, end_char) of span ``span`` of row ``row`` in its block text; (0, 0) for a span
+        outside the block (only an exact tie across blocks can pick one, see :func:`answer`)."""
+        r = self.rows[row]
+        s, e = int(self.starts[span]) - r.block_start, int(self.ends[span]) - r.block_start
+        if not (0 <= s <= e < len(r.block_offsets)):
+            return 0, 0
+        return r.block_offsets[s][0], r.block_offsets[e][1]
+
+
+@dataclass
+class BatchReading:
+    readings: list[Reading]  # one per question, in order
+    pass_rows: list[int]  # rows of each reader pass
+    tokens: int  # tokens in all rows, padding excluded
+    padded_tokens: int  # tokens the reader passes computed, padding included
+
+
+def question_pieces(tokenizer: WordPieceTokenizer, questions: Sequence[str], max_question_tokens: int
+                    ) -> list[Pieces]:
+    """Wordpieces of each question, checked.
+
+    Raises:
+        QuestionError: a question with no wordpieces or more than ``max_question_tokens``.
+    """
+    pieces = tokenizer.pieces(questions)
+    for p in pieces:
+        if not p.ids:
+            raise QuestionError("question has no tokens")
+        if len(p.ids) > max_question_tokens:
+            raise QuestionError(f"question has {len(p.ids)} tokens, more than the {max_question_tokens} allowed")
+    return pieces
+
+
+def plan_passes(lengths: Sequence[int], max_pass_tokens: int, max_padding: float = 0.125) -> list[list[int]]:
+    """Reader passes for rows of the given lengths (tokens): lists of row numbers, longest rows first.
+
+    A pass is padded to its first (longest) row ``T``; a row joins it only if its padding is at most
+    ``max_padding × T`` tokens and the pass stays within ``max_pass_tokens`` padded tokens (a single row
+    longer than that gets a pass of its own).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    passes: list[list[int]] = []
+    cur: list[int] = []
+    T = 0
+    for i in order:
+        if cur and (lengths[i] < (1.0 - max_padding) * T or (len(cur) + 1) * T > max_pass_tokens):
+            passes.append(cur)
+            cur = []
+        if not cur:
+            T = lengths[i]
+        cur.append(i)
+    if cur:
+        passes.append(cur)
+    return passes
+
+
+@lru_cache(maxsize=4096)
+def _span_map(t_from: int, t_to: int, max_span_width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the spans of a row padded to ``t_from`` tokens go in the layout of ``t_to`` tokens: (dst, src)
+    int64 positions, spans present in both (width-major, :func:`span_candidates`)."""
+    dst: list[int] = []
+    src: list[int] = []
+    off_from = off_to = 0
+    for w in range(1, min(max_span_width, t_to) + 1):
+        n_from, n_to = max(t_from - w + 1, 0), t_to - w + 1
+        k = min(n_from, n_to)
+        dst.extend(range(off_to, off_to + k))
+        src.extend(range(off_from, off_from + k))
+        off_from, off_to = off_from + n_from, off_to + n_to
+    return torch.tensor(dst, dtype=torch.long), torch.tensor(src, dtype=torch.long)
+
+
+@torch.no_grad()
+def read_beams(
+    reader: SpanReader,
+    tokenizer: WordPieceTokenizer,
+    questions: Sequence[Pieces],
+    beams: Sequence[Sequence[BeamBlock]],
+    seq_len: int,
+    truncation: str = "only_block",
+    max_pass_tokens: int = 65536,
+    max_padding: float = 0.125,
+) -> BatchReading:
+    """Score every span of every block of every question's reader beam, in length-grouped reader passes.
+
+    Args:
+        reader: the span reader (its dtype and device are used as they are; logits come back float32 on the CPU).
+        questions: the reader's wordpieces of each question.
+        beams: per question, its blocks (the reader beam), best first.
+        seq_len: the most tokens in a row (REALM ``reader_seq_len``).
+        truncation: a key of :data:`realm_core.tokenizer.TRUNCATIONS`.
+        max_pass_tokens: the most padded tokens in one reader pass.
+        max_padding: the most padding in a row, as a share of its pass's length.
+
+    Raises:
+        ValueError: a question with an empty beam, unequal lengths, an unknown truncation, or a question
+            that leaves no room for a block token.
+    """
+    if len(questions) != len(beams):
+        raise ValueError(f"{len(questions)} questions but {len(beams)} reader beams")
+    if any(not b for b in beams):
+        raise ValueError("a question has no block to read")
+    blocks = [b for beam in beams for b in beam]
+    missing = [i for i, b in enumerate(blocks) if b.pieces is None]
+    tokenized = iter(tokenizer.pieces([blocks[i].text for i in missing]))
+    pieces = [b.pieces if b.pieces is not None else next(tokenized) for b in blocks]
+    rows = tokenizer.pair_rows([q for q, beam in zip(questions, beams) for _ in beam], pieces, seq_len, truncation)
+
+    device = next(reader.parameters()).device
+    W = reader.config.max_span_width
+    row_logits: list[torch.Tensor] = [torch.empty(0)] * len(rows)  # (num_spans of its pass,) float32
+    row_len = [0] * len(rows)  # the length of each row's pass
+    passes = plan_passes([len(r) for r in rows], max_pass_tokens, max_padding)
+    padded = 0
+    for p in passes:
+        enc = tokenizer.pad_pairs([rows[i] for i in p])
+        T = enc.input_ids.shape[1]
+        padded += T * len(p)
+        scores, starts, ends = reader.span_scores(enc.input_ids.to(device), enc.attention_mask.to(device),
+                                                  enc.token_type_ids.to(device))  # (rows, C)
+        live = enc.block_mask[:, starts.cpu()] & enc.block_mask[:, ends.cpu()]  # (rows, C)
+        logits = scores.float().cpu().masked_fill_(~live, MASKED)
+        for j, i in enumerate(p):
+            row_logits[i], row_len[i] = logits[j], T
+
+    readings = []
+    first = 0
+    for beam in beams:
+        idx = range(first, first + len(beam))
+        first += len(beam)
+        T_q = max(len(rows[i]) for i in idx)
+        starts, ends = span_candidates(T_q, W)
+        out = torch.full((len(beam), len(starts)), MASKED)
+        for j, i in enumerate(idx):
+            dst, src = _span_map(row_len[i], T_q, W)
+            out[j, dst] = row_logits[i][src]
+        readings.append(Reading(list(beam), [rows[i] for i in idx], out, starts, ends))
+    return BatchReading(readings, [len(p) for p in passes], sum(len(r) for r in rows), padded)
+
+
+def answer(reading: Reading, relevance_scale: float) -> QAResult:
+    """The answer to one question and the best span of each block (REALM §3.4, HF ``RealmForOpenQA.forward``).
+
+    The answer is HF's pair of argmaxes (:func:`realm_core.reader.select_spans`): on an exact tie of two
+    blocks' best spans it can name a span of the first block that lies outside it; that span then has no
+    characters (start_char = end_char = 0).
+    """
+    logits = reading.logits(relevance_scale)  # (B, C)
+
+    def choice(row: int, span: int, score: float) -> SpanChoice:
+        s, e = reading.char_span(row, span)
+        return SpanChoice(row, score, s, e, reading.blocks[row].text[s:e])
+
+    block_idx, span_idx = select_spans(logits[None])
+    bi, si = int(block_idx[0]), int(span_idx[0])
+    per_block = logits.max(dim=1)
+    return QAResult(choice(bi, si, float(logits[bi, si])),
+                    [choice(b, sp, sc) for b, (sc, sp) in
+                     enumerate(zip(per_block.values.tolist(), per_block.indices.tolist()))])
