@@ -8,11 +8,17 @@ faiss names, used throughout ``index/``: ``xb`` (n, d) float32 block embeddings 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
+from typing import Any
 
 import faiss
 import numpy as np
 
+from index.options import SearchParams
+
 log = logging.getLogger(__name__)
+
 
 
 def new_index(d: int, factory: str = "Flat") -> faiss.Index:
@@ -87,3 +93,75 @@ def to_searcher(index: faiss.Index) -> tuple[faiss.Index, object | None]:
     except RuntimeError as e:  # a kind with no GPU version (HNSW) stays on the CPU
         log.warning("index stays on the CPU: %s", str(e).splitlines()[0])
         return index, None
+
+
+def sample_rows(xbs: Sequence[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` rows drawn without replacement across the (memory-mapped) chunks ``xbs`` (all rows when fewer),
+    as one contiguous float32 (n, d) array."""
+    sizes = np.array([len(x) for x in xbs])
+    total = int(sizes.sum())
+    rows = np.sort(rng.choice(total, size=min(n, total), replace=False))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    out = []
+    for x, s, size in zip(xbs, starts, sizes):
+        sel = rows[(rows >= s) & (rows < s + size)] - s
+        if len(sel):
+            out.append(np.asarray(x[sel]))
+    return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+
+def exact_search(xbs: Sequence[np.ndarray], xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact MIPS of ``xq`` over chunks streamed one at a time (memory: one chunk + the result heap)."""
+    rh = faiss.ResultHeap(len(xq), k, keep_max=True)
+    offset = 0
+    for x in xbs:
+        flat = faiss.IndexFlatIP(xq.shape[1])
+        flat.add(np.ascontiguousarray(x, dtype=np.float32))
+        D, I = flat.search(xq, min(k, len(x)))
+        if D.shape[1] < k:  # pad a short chunk
+            D = np.pad(D, ((0, 0), (0, k - D.shape[1])), constant_values=-np.inf)
+            I = np.pad(I, ((0, 0), (0, k - I.shape[1])), constant_values=-1)
+        rh.add_result(D, np.where(I >= 0, I + offset, -1))
+        offset += len(x)
+    rh.finalize()
+    return rh.D, rh.I
+
+
+def build_index(xbs: Sequence[np.ndarray], factory: str, train_sample: int = 262144, params: SearchParams | None = None,
+                recall_queries: int = 200, recall_k: int = 10, seed: int = 0) -> tuple[faiss.Index, dict[str, Any]]:
+    """The index of ``factory`` over the chunks ``xbs`` ((rows, d) float32, e.g. memory-mapped ``.npy``), added
+    one chunk at a time; kinds that need training (IVF, PQ) are trained on ``train_sample`` sampled rows.
+
+    Returns the index and what the manifest's ``extra`` records: ``train_rows``, ``build_s`` and, for
+    approximate kinds (anything but ``Flat``), ``recall_at_k`` of ``recall_queries`` sampled stored rows as
+    queries against :func:`exact_search`, with ``recall_k`` and the ``recall_search_params`` used.
+
+    Raises:
+        ValueError: a bad factory string, or no rows.
+    """
+    if not xbs or sum(len(x) for x in xbs) == 0:
+        raise ValueError("no block embeddings to index")
+    d = xbs[0].shape[1]
+    index = new_index(d, factory)
+    rng = np.random.default_rng(seed)
+    extra: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    if not index.is_trained:
+        xt = sample_rows(xbs, train_sample, rng)
+        log.info("training %s on %d block embeddings", factory, len(xt))
+        index.train(xt)
+        extra["train_rows"] = len(xt)
+    for x in xbs:
+        index.add(np.ascontiguousarray(x, dtype=np.float32))
+    extra["build_s"] = round(time.perf_counter() - t0, 3)
+    if factory.strip() != "Flat":
+        xq = sample_rows(xbs, recall_queries, rng)
+        k = min(recall_k, index.ntotal)
+        _, Ie = exact_search(xbs, xq, k)
+        params = params or SearchParams()
+        used = set_search_params(index, params.nprobe, params.ef_search)
+        _, Ia = index.search(xq, k)
+        extra.update(recall_at_k=round(recall_at_k(Ia, Ie), 4), recall_k=k, recall_queries=len(xq),
+                     recall_search_params=used)
+        log.info("%s: recall@%d = %.3f against exact (%s)", factory, k, extra["recall_at_k"], used)
+    return index, extra

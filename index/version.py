@@ -1,10 +1,15 @@
 """Index versions: immutable directories ``<indexes>/<name>/<version>/`` published atomically.
 
-A version holds ``manifest.json``, the FAISS index and the block store; :func:`version_files` is the one
-place that names these paths. Publishing writes into a hidden temporary directory beside the target,
-fsyncs every file and the directory, then renames it to the next version number, so a version is
-either absent or complete. :func:`open_version` checks the manifest, the checksums and
-``ntotal == number of blocks`` before anything is served.
+A version holds ``manifest.json``, the FAISS index, the block store and any extra parts a build added (a
+sparse index, ...); :func:`version_files` is the one place that names the core paths. :func:`publish` hashes
+every file once (sha256), records its size, writes the manifest with a checksum of its own contents, fsyncs,
+and renames the staging directory to the next version number, so a version is either absent or complete; it
+gives up after a bounded number of tries. :func:`open_version` checks the manifest checksum, the file sizes
+and ``ntotal == number of blocks`` (cheap at any size); :func:`verify_version` re-hashes every file
+(``realmqa index verify``). Format 1 manifests (no sizes, no manifest checksum) are re-hashed on open.
+
+The manifest identifies the block embedder by content (``embedder_id``, :mod:`realm_core.model_spec`), and
+by the model version that built it (``embedder``, for people). A format 1 manifest has only ``embedder``.
 """
 
 from __future__ import annotations
@@ -13,8 +18,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +26,12 @@ from typing import Any
 import faiss
 
 from index.block_store import BlockStore
+from index.home import parse_version
+from index.options import PUBLISH_TRIES
+from realm_core.atomic import fsync_dir
+from realm_core.model_spec import sha256_file
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
 
 
 class IndexVersionError(ValueError):
@@ -56,98 +63,122 @@ class Manifest:
     factory: str  # faiss index_factory string, e.g. "Flat"
     block_max_tokens: int
     corpus: str  # where the blocks came from
-    checksums: dict[str, str]  # file name → sha256
+    checksums: dict[str, str]  # file path inside the version → sha256
     created_at: str
     format: int = MANIFEST_FORMAT
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    embedder_id: str = ""  # content id of the block embedder (realm_core.model_spec); "" in format 1
+    sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # file path → bytes (format 2)
+    parts: dict[str, Any] = dataclasses.field(default_factory=dict)  # extra part name → what its builder said
+    manifest_sha256: str = ""  # sha256 of this manifest's canonical JSON without this field (format 2)
+
+    def content_sha256(self) -> str:
+        d = dataclasses.asdict(self)
+        d.pop("manifest_sha256")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}/{self.version}"
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
+        """Raises: IndexVersionError: missing, unreadable (permissions, bad UTF-8), not a manifest, or (format 2)
+        its checksum does not match its contents."""
         try:
-            d = json.loads(path.read_text())
-            return cls(**d)
+            d = json.loads(path.read_bytes().decode("utf-8"))
+            m = cls(**d)
         except FileNotFoundError:
             raise IndexVersionError(f"{path} is missing") from None
-        except (json.JSONDecodeError, TypeError) as e:
-            raise IndexVersionError(f"{path} is not a valid manifest: {e}") from None
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
-
-
-def list_versions(indexes_dir: str | Path, name: str) -> list[int]:
-    """Published version numbers of an index, ascending (temporary directories are not versions)."""
-    d = Path(indexes_dir) / name
-    if not d.is_dir():
-        return []
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and p.is_dir())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def staging_dir(indexes_dir: str | Path, name: str) -> Path:
-    """A fresh hidden directory beside the versions of ``name`` to write a version into."""
-    parent = Path(indexes_dir) / name
-    parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(dir=parent, prefix=".staging-"))
-    path.chmod(0o755)  # mkdtemp makes it private; a published version is readable by all
-    return path
-
-
-def publish(staging: Path, manifest_fields: dict[str, Any]) -> Manifest:
-    """Checksum and fsync the files in ``staging``, write the manifest, rename to the next version.
-
-    ``manifest_fields`` holds every :class:`Manifest` field but version, checksums and created_at.
-
-    Raises:
-        IndexVersionError: the staged files fail validation (see :func:`validate`).
-    """
-    files = version_files(staging)
-    for f in (files.faiss_index, files.blocks):
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    checksums = {f.name: sha256_file(f) for f in (files.faiss_index, files.blocks)}
-    parent = staging.parent
-    while True:
-        version = max(list_versions(parent.parent, parent.name), default=0) + 1
-        m = Manifest(**manifest_fields, version=version, checksums=checksums,
-                     created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        files.manifest.write_text(json.dumps(dataclasses.asdict(m), indent=2))
-        with open(files.manifest, "rb") as fh:
-            os.fsync(fh.fileno())
-        validate(staging, m)
-        _fsync_dir(staging)
-        try:
-            os.rename(staging, parent / str(version))  # atomic; fails if another publisher won the number
-        except OSError:
-            continue
-        _fsync_dir(parent)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+            raise IndexVersionError(f"{path} is not a readable manifest: {e}") from None
+        if m.format >= 2 and m.manifest_sha256 != m.content_sha256():
+            raise IndexVersionError(f"{path} does not match its own checksum (edited or damaged)")
         return m
 
 
-def validate(root: Path, m: Manifest, check_sums: bool = True) -> tuple[faiss.Index, BlockStore]:
-    """Open a version's index and block store and check them against its manifest.
+def list_versions(indexes_dir: str | Path, name: str) -> list[int]:
+    """Published version numbers of an index, ascending (hidden staging and work directories are not)."""
+    d = Path(indexes_dir) / name
+    if not d.is_dir():
+        return []
+    return sorted(v for p in d.iterdir() if (v := parse_version(p.name)) is not None and p.is_dir())
+
+
+def _files(root: Path) -> list[Path]:
+    """Every regular file of a version but its manifest, by path."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json")
+
+
+def publish(staging: Path, manifest_fields: dict[str, Any], tries: int = PUBLISH_TRIES) -> Manifest:
+    """Hash, size and fsync every file in ``staging``, write the manifest, rename to the next version number.
+
+    ``manifest_fields`` holds every :class:`Manifest` field but version, checksums, sizes, created_at and
+    manifest_sha256. The next number is one past every numbered entry beside the versions (a file or an
+    unreadable directory named ``3`` is not overwritten); each try that loses the rename to another publisher
+    or finds the path occupied moves on to the next number.
 
     Raises:
-        IndexVersionError: a missing file, a checksum mismatch, ``ntotal`` or ``d`` differing from the
+        IndexVersionError: the staged files fail validation, or ``tries`` version numbers were all occupied.
+    """
+    files = _files(staging)
+    checksums, sizes = {}, {}
+    for f in files:
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+        rel = f.relative_to(staging).as_posix()
+        checksums[rel], sizes[rel] = sha256_file(f), f.stat().st_size
+    parent = staging.parent
+    taken = max((v for p in parent.iterdir() if (v := parse_version(p.name)) is not None), default=0)
+    last: OSError | None = None
+    for version in range(taken + 1, taken + 1 + tries):
+        m = Manifest(**manifest_fields, version=version, checksums=checksums, sizes=sizes, format=MANIFEST_FORMAT,
+                     created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        m = dataclasses.replace(m, manifest_sha256=m.content_sha256())
+        write_manifest(staging, m)
+        index, blocks = validate(staging, m)
+        blocks.close()
+        del index
+        try:
+            os.rename(staging, parent / str(version))  # atomic; fails if that path exists (another publisher)
+        except OSError as e:
+            last = e
+            continue
+        fsync_dir(parent)
+        return m
+    raise IndexVersionError(f"could not publish {manifest_fields.get('name')}: versions {taken + 1}.."
+                            f"{taken + tries} were all occupied ({last})")
+
+
+def write_manifest(root: Path, m: Manifest) -> None:
+    path = version_files(root).manifest
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(dataclasses.asdict(m), indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(root)
+
+
+def validate(root: Path, m: Manifest, full: bool = False) -> tuple[faiss.Index, BlockStore]:
+    """Open a version's index and block store and check them against its manifest: sizes (format 2) or sha256
+    (format 1, or ``full``) of every file it lists, then ``ntotal``, ``d`` and the block count.
+
+    Raises:
+        IndexVersionError: a missing file, a size or checksum mismatch, ``ntotal`` or ``d`` differing from the
             manifest, or a block count differing from ``ntotal``.
     """
     files = version_files(root)
     for f in (files.faiss_index, files.blocks):
+        if f.name not in m.checksums:
+            raise IndexVersionError(f"{root}: the manifest lists no checksum for {f.name}")
+    for rel, digest in m.checksums.items():
+        f = root / rel
         if not f.is_file():
             raise IndexVersionError(f"{f} is missing")
-        if check_sums and sha256_file(f) != m.checksums.get(f.name):
+        if m.format >= 2 and not full:
+            if f.stat().st_size != m.sizes.get(rel):
+                raise IndexVersionError(f"{f} has {f.stat().st_size} bytes, the manifest says {m.sizes.get(rel)}")
+        elif sha256_file(f) != digest:
             raise IndexVersionError(f"{f} does not match its checksum in the manifest")
     try:
         index = faiss.read_index(str(files.faiss_index), faiss.IO_FLAG_MMAP)
@@ -158,9 +189,11 @@ def validate(root: Path, m: Manifest, check_sums: bool = True) -> tuple[faiss.In
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise IndexVersionError(f"{files.blocks} cannot be read: {e}") from None
     if index.ntotal != m.count or len(blocks) != m.count or index.d != m.dim:
+        n = len(blocks)
+        blocks.close()
         raise IndexVersionError(
             f"{root}: manifest says {m.count} blocks of dim {m.dim}, index has {index.ntotal} of dim {index.d}, "
-            f"block store has {len(blocks)}")
+            f"block store has {n}")
     return index, blocks
 
 
@@ -175,11 +208,17 @@ class IndexVersion:
 
     @property
     def ref(self) -> str:
-        return f"{self.manifest.name}/{self.manifest.version}"
+        return self.manifest.ref
+
+    def close(self) -> None:
+        """Release the block store's memory map (the FAISS index is freed with the last reference)."""
+        if not self.blocks.closed:
+            self.blocks.close()
 
 
-def open_version(indexes_dir: str | Path, name: str, version: int | None = None) -> IndexVersion:
-    """Load and validate a published version (the newest when ``version`` is None).
+def open_version(indexes_dir: str | Path, name: str, version: int | None = None, full: bool = False) -> IndexVersion:
+    """Load and validate a published version (the newest when ``version`` is None); ``full`` re-hashes every
+    file (otherwise format 2 checks sizes and the manifest's own checksum).
 
     Raises:
         IndexVersionError: no such version, or it fails :func:`validate`.
@@ -193,9 +232,16 @@ def open_version(indexes_dir: str | Path, name: str, version: int | None = None)
     m = Manifest.read(version_files(root).manifest)
     if m.name != name or m.version != version:
         raise IndexVersionError(f"{root}: manifest names {m.name}/{m.version}")
-    index, blocks = validate(root, m)
+    index, blocks = validate(root, m, full)
     return IndexVersion(m, index, blocks, root)
 
 
-def remove_staging(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def verify_version(indexes_dir: str | Path, name: str, version: int) -> Manifest:
+    """The full check (``realmqa index verify``): every file re-hashed against the manifest, then opened.
+
+    Raises:
+        IndexVersionError: what is wrong.
+    """
+    iv = open_version(indexes_dir, name, version, full=True)
+    iv.close()
+    return iv.manifest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -37,11 +38,18 @@ NO_FLAG = frozenset({"admin_token"})
 _METAVARS = {"<class 'int'>": "N", "<class 'float'>": "X", "<class 'bool'>": "BOOL", "<class 'pathlib.Path'>": "DIR"}
 
 
-def _add_setting_flags(p: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per setting, with its environment variable and default in the help."""
+INDEX_SETTINGS = ("home", "nprobe", "ef_search",
+                  *(n for n in Settings.model_fields if n.startswith("index_") and n != "index_poll_interval_s"))
+WORKER_SETTINGS = (*INDEX_SETTINGS, *(n for n in Settings.model_fields if n.startswith("worker_")))
+
+
+def _add_setting_flags(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """One ``--flag`` per setting (or per setting in ``names``), with its environment variable and default in
+    the help, and ``--config``."""
+    p.add_argument("--config", help=f"config file: .toml, .json or .env (env {CONFIG_FILE_ENV})")
     g = p.add_argument_group("settings (flag > environment > config file > default)")
     for name, f in Settings.model_fields.items():
-        if name in NO_FLAG:
+        if name in NO_FLAG or (names is not None and name not in names):
             continue
         default = f.default if f.default is not None else "none"
         g.add_argument("--" + name.replace("_", "-"), dest=name, metavar=_METAVARS.get(str(f.annotation), "TEXT"),
@@ -57,7 +65,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
     from service.request_log import configure_logging
 
     configure_logging()  # JSON lines with request ids; our access line replaces uvicorn's
-    settings = _settings(a.config, **{name: getattr(a, name) for name in Settings.model_fields if name not in NO_FLAG})
+    settings = _flag_settings(a)
     app = create_app(settings)
 
     class Server(uvicorn.Server):
@@ -77,32 +85,56 @@ def cmd_serve(a: argparse.Namespace) -> None:
     Server(config).run()
 
 
-def cmd_index_build(a: argparse.Namespace) -> None:
-    from index.build import build_index
-    from realm_core.model_dir import load_model_dir
-    from service.registry import model_versions
+def _flag_settings(a: argparse.Namespace) -> Settings:
+    """Settings from the command's setting flags (those it has), the environment and the config file."""
+    return _settings(a.config, **{name: getattr(a, name) for name in Settings.model_fields if hasattr(a, name)})
 
-    home = Path(a.home)
-    name, _, v = a.model.partition("/")
-    versions = model_versions(home, name)
-    if not versions:
-        raise SystemExit(f"realmqa: model {name!r} is not in {home / 'models'}")
-    version = int(v) if v else versions[-1]
-    model = load_model_dir(home / "models" / name / str(version), name, version)
-    m = build_index(model, a.corpus, home / "indexes", a.index, factory=a.factory, batch_size=a.batch_size)
-    print(f"{m.name}/{m.version}")
+
+def cmd_index_build(a: argparse.Namespace) -> None:
+    from index.chunks import make_executor
+    from index.home import Home
+    from index.pipeline import build_from_corpus
+    from service.settings import build_options, index_device
+
+    settings = _flag_settings(a)
+    home = Home(settings.home)
+    try:
+        home.resolve_model(a.model)
+        options = dataclasses.replace(build_options(settings, a.factory), progress_bar=True)
+        options.check()
+    except (LookupError, ValueError) as e:
+        raise SystemExit(f"realmqa: {e}") from None
+    executor = make_executor(settings.index_executor, index_device(settings))
+    print(build_from_corpus(home, a.index, a.model, a.corpus, options, executor).ref)
+
+
+def cmd_index_verify(a: argparse.Namespace) -> None:
+    from index.home import Home, split_ref
+    from index.version import IndexVersionError, verify_version
+
+    settings = _flag_settings(a)
+    home = Home(settings.home)
+    name, version = split_ref(a.index)
+    versions = [version] if version is not None else home.index_versions(name)
+    bad = 0
+    for v in versions:
+        try:
+            m = verify_version(home.indexes_dir, name, v)
+            print(f"{m.ref}: ok ({m.count} blocks, {len(m.checksums)} files re-hashed)")
+        except IndexVersionError as e:
+            print(f"{name}/{v}: {e}")
+            bad += 1
+    if bad or not versions:
+        raise SystemExit(1)
 
 
 def cmd_index_worker(a: argparse.Namespace) -> None:
-    from index.worker import IndexWorker, WorkerOptions
+    from index.worker import IndexWorker
+    from service.settings import worker_options
 
-    settings = _settings(None, home=a.home)
-    opts = WorkerOptions(chunk_blocks=a.chunk_blocks, batch_size=a.batch_size, train_sample=a.train_sample,
-                         nprobe=settings.nprobe, ef_search=settings.ef_search, chunk_pause_s=a.chunk_pause_s,
-                         poll_s=a.poll_s, service_url=a.service_url,
-                         admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None)
-    worker = IndexWorker(settings.home, opts)
-    log.info("index worker on %s (jobs in %s)", settings.home, settings.home / "jobs")
+    settings = _flag_settings(a)
+    worker = IndexWorker(settings.home, worker_options(settings))
+    log.info("index worker on %s", settings.home)
     if a.once:
         while worker.run_once():
             pass
@@ -111,9 +143,15 @@ def cmd_index_worker(a: argparse.Namespace) -> None:
 
 
 def cmd_index_submit(a: argparse.Namespace) -> None:
-    from index.worker import submit_job
+    from index.home import Home
+    from index.jobs import JobError, submit_job
 
-    job = submit_job(Path(a.home), a.index, a.model, str(Path(a.corpus).resolve()), a.factory)
+    settings = _flag_settings(a)
+    try:
+        job = submit_job(Home(settings.home), a.index, a.model, str(Path(a.corpus).resolve()), a.factory,
+                         settings.index_executor)
+    except JobError as e:
+        raise SystemExit(f"realmqa: {e}") from None
     print(job.id)
 
 
@@ -181,13 +219,12 @@ def cmd_ask(a: argparse.Namespace) -> None:
 
 def _add_job_args(p: argparse.ArgumentParser) -> None:
     """The arguments of an index build, shared by ``index build`` (in process) and ``index submit`` (a job)."""
-    p.add_argument("--home", required=True)
     p.add_argument("--model", required=True, help="model name or name/version whose block embedder embeds")
     p.add_argument("--corpus", required=True, help="JSON Lines of {id, title, text}, optionally gzipped")
     p.add_argument("--index", required=True, help="index name")
     p.add_argument("--factory", default="Flat",
-                   help="faiss factory: Flat (default, exact MIPS), IVF{nlist},Flat, IVF{nlist},PQ{m}, HNSW32 "
-                        "(kinds that need training: index worker only)")
+                   help="faiss factory: Flat (default, exact MIPS), IVF{nlist},Flat, IVF{nlist},PQ{m}, HNSW32, "
+                        "any faiss index_factory string (IVF/PQ kinds are trained on a sample)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -200,34 +237,32 @@ def main(argv: list[str] | None = None) -> None:
                        description="Serve the HTTP API. Every setting below can also be set by its environment "
                                    "variable or in a config file (TOML or JSON keys = setting names; .env "
                                    "lines = REALMQA_* variables).")
-    s.add_argument("--config", help=f"config file: .toml, .json or .env (env {CONFIG_FILE_ENV})")
     _add_setting_flags(s)
     s.set_defaults(func=cmd_serve)
 
     ix = sub.add_parser("index", help="index commands").add_subparsers(dest="index_command", required=True)
     b = ix.add_parser("build", help="embed a corpus into a new index version and publish it")
     _add_job_args(b)
-    b.add_argument("--batch-size", type=int, default=64, help="texts per embedding batch")
+    _add_setting_flags(b, INDEX_SETTINGS)
     b.set_defaults(func=cmd_index_build)
 
-    w = ix.add_parser("worker", help="the long-running index worker: runs build jobs from HOME/jobs/",
-                      description="Runs build jobs (HOME/jobs/*.json, from `realmqa index submit` or the service's "
+    w = ix.add_parser("worker", help="the long-running index worker: runs build jobs from the home's jobs",
+                      description="Runs build jobs (from `realmqa index submit` or the service's "
                                   "POST /v1/indexes/{name}/builds): embeds resumably, validates, publishes, and "
-                                  "notifies the service with --service-url (token: REALMQA_ADMIN_TOKEN). "
-                                  "nprobe/efSearch for recall come from the settings (REALMQA_NPROBE, ...).")
-    w.add_argument("--home", required=True)
-    w.add_argument("--service-url", help="service to ask to activate each new version (else it polls)")
-    w.add_argument("--chunk-blocks", type=int, default=4096, help="blocks per resumable chunk")
-    w.add_argument("--batch-size", type=int, default=64, help="texts per embedding batch")
-    w.add_argument("--train-sample", type=int, default=262144, help="most embeddings IVF/PQ kinds train on")
-    w.add_argument("--chunk-pause-s", type=float, default=0.0, help="sleep after each chunk (throttle)")
-    w.add_argument("--poll-s", type=float, default=1.0, help="how often to look for jobs")
+                                  "notifies the service with --worker-service-url (token: REALMQA_ADMIN_TOKEN).")
     w.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
+    _add_setting_flags(w, WORKER_SETTINGS)
     w.set_defaults(func=cmd_index_worker)
 
     sj = ix.add_parser("submit", help="queue a build job for the index worker; prints its id")
     _add_job_args(sj)
+    _add_setting_flags(sj, ("home", "index_executor"))
     sj.set_defaults(func=cmd_index_submit)
+
+    v = ix.add_parser("verify", help="re-hash every file of index versions against their manifests")
+    v.add_argument("--index", required=True, help="index name (every version) or name/version")
+    _add_setting_flags(v, ("home",))
+    v.set_defaults(func=cmd_index_verify)
 
     c = sub.add_parser("convert-hf", help="turn a Hugging Face REALM checkpoint into a registry model and index")
     c.add_argument("--checkpoint", required=True,

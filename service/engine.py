@@ -86,13 +86,16 @@ class Engine(Protocol):
 
 
 def check_pair(model: QAModel, index: IndexVersion) -> None:
-    """A model serves only indexes its own block embedder built, of its embedding dimension.
+    """A model serves only indexes its own block embedder built (the same block embedder id, by content; for an
+    index without one, the model version it names), of its embedding dimension.
 
     Raises:
         ValueError: the index was built by another embedder, or its dimension differs.
     """
-    if index.manifest.embedder != model.ref:
-        raise ValueError(f"index {index.ref} was built by {index.manifest.embedder}, not by {model.ref}")
+    m = index.manifest
+    same = m.embedder_id == model.embedder_id if m.embedder_id and model.embedder_id else m.embedder == model.ref
+    if not same:
+        raise ValueError(f"index {index.ref} was built by the block embedder of {m.embedder}, not by {model.ref}'s")
     if index.manifest.dim != model.query.embedder.config.dim:
         raise ValueError(f"index {index.ref} has dim {index.manifest.dim}, "
                          f"model {model.ref} embeds to {model.query.embedder.config.dim}")

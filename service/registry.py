@@ -1,34 +1,48 @@
-"""Models served by this process, by name and version, each with the index its own block embedder built.
+"""Models served by this process, by name and version, each with an index its own block embedder built.
 
-On disk a home holds ``models/<name>/<version>/`` (DESIGN.md). At start :meth:`Registry.from_home`
-loads the newest version of every model (or only ``settings.model``) and pairs it with the newest index
-version whose manifest names that model version as its embedder; when none exists and the model names a
-``default_corpus``, that index is built first. Admin calls load and unload versions while serving
-(Triton's model repository): a version that fails to load is recorded as ``failed`` with its error and
-changes nothing that serves. ``"name"`` resolves to the newest loaded version of that model.
+On disk a home (:class:`index.home.Home`) holds model and index versions. At start :meth:`Registry.from_home`
+loads the newest version of every model (or only ``settings.model``) and pairs it with the index version
+pinned for it in the home (:mod:`index.pins`), else the newest one built by the same block embedder (by
+content, :mod:`service.indexes`); when none exists and the model names a ``default_corpus``, that index is
+built first (:func:`index.pipeline.build_and_publish`). An unreadable or corrupt version is skipped with a
+warning, never stops the start. Admin calls load and unload versions while serving (Triton's model
+repository): a version that fails to load is recorded as ``failed`` with its error and changes nothing that
+serves. ``"name"`` resolves to the newest loaded version of that model.
 
 Index versions are swapped under a serving model (:meth:`Registry.activate_index`: an admin call, the index
-worker's notification, or :meth:`Registry.poll_indexes` finding a newly published version): the version is
-opened beside the serving one, validated (checksums, ``ntotal``, the embedder named in its manifest, a
-smoke search) and swapped in by :meth:`service.engine.QAEngine.swap_index`; a failure leaves the old one
-serving and raises :class:`service.errors.IndexRejected` with the reason.
+worker's notification, or :meth:`Registry.poll_indexes` finding a newly published version or a pin changed by
+another replica): the version is opened beside the serving one, validated (sizes and manifest checksum,
+``ntotal``, the block embedder, a smoke search), swapped in by :meth:`service.engine.QAEngine.swap_index`
+and pinned; a failure leaves the old one serving and raises :class:`service.errors.IndexRejected`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from index.build import build_index
-from index.faiss_index import set_search_params
-from index.version import IndexVersion, IndexVersionError, Manifest, list_versions, open_version, version_files
-from realm_core.model_dir import load_model_dir, resolve_path
+from index.chunks import LocalExecutor
+from index.home import Home
+from index.home import split_ref as parse_ref
+from index.options import BuildOptions, SearchParams
+from index.pins import read_pins, set_pins
+from index.pipeline import build_and_publish, corpus_request
+from index.version import IndexVersionError
+from realm_core.model_dir import load_model_dir
+from realm_core.model_spec import resolve_path
 from service.engine import Engine, QAEngine
-from service.errors import IndexRejected, InvalidInput, LoadFailed, NotFound
+from service.errors import IndexRejected, LoadFailed, NotFound
+from service.indexes import enqueue_build as _enqueue_build
+from service.indexes import (
+    find_indexes,
+    index_entries,
+    model_embedder_id,
+    open_index,
+    serves,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,106 +50,79 @@ log = logging.getLogger(__name__)
 # that "name" resolves to changed) with a model ref; "index_swap" ("success" | "failure") with an index ref.
 Observer = Callable[[str, str, str], None]
 
-
-def model_versions(home: Path, name: str) -> list[int]:
-    d = home / "models" / name
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isascii() and p.name.isdigit()) if d.is_dir() else []
+__all__ = ["Registry", "SearchParams", "VersionInfo", "describe_indexes", "enqueue_build", "find_index",
+           "load_engine", "model_versions", "split_ref"]
 
 
-def model_names(home: Path) -> list[str]:
-    d = home / "models"
-    return sorted(p.name for p in d.iterdir() if p.is_dir() and model_versions(home, p.name)) if d.is_dir() else []
+def model_versions(home: Path | Home, name: str) -> list[int]:
+    return _home(home).model_versions(name)
 
 
-def find_index(home: Path, model_ref: str) -> tuple[str, int] | None:
-    """(name, version) of the newest valid-looking index version built by ``model_ref``, or None."""
-    found = find_indexes(home, model_ref)
+def _home(home: Path | Home) -> Home:
+    return home if isinstance(home, Home) else Home(home)
+
+
+def find_index(home: Path | Home, model_ref: str) -> tuple[str, int] | None:
+    """(name, version) of the newest readable index version that model version may serve, or None."""
+    home = _home(home)
+    found = find_indexes(home, model_ref, model_embedder_id(home, model_ref))
     return found[0] if found else None
 
 
-def find_indexes(home: Path, model_ref: str) -> list[tuple[str, int]]:
-    """(name, version) of every index version built by ``model_ref``, newest first (creation time, then
-    version number: two versions published within one second tie on ``created_at``)."""
-    found = [(m.created_at, v, name) for name, v, m in index_manifests(home) if m.embedder == model_ref]
-    return [(name, v) for _, v, name in sorted(found, reverse=True)]
-
-
-def index_manifests(home: Path) -> list[tuple[str, int, Manifest]]:
-    """(name, version, manifest) of every published index version in the home with a readable manifest."""
-    out = []
-    d = home / "indexes"
-    for name in sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []:
-        for v in list_versions(d, name):
-            try:
-                out.append((name, v, Manifest.read(version_files(d / name / str(v)).manifest)))
-            except IndexVersionError:
-                continue
-    return out
-
-
-@dataclass(frozen=True)
-class SearchParams:
-    """Search parameters applied to every index version when it is opened (where its kind has them)."""
-
-    nprobe: int = 16  # IVF kinds
-    ef_search: int = 64  # HNSW
-
-
-def open_index(home: Path, name: str, version: int | None, params: SearchParams) -> IndexVersion:
-    """Open and validate an index version of the home and apply the search parameters.
-
-    Raises:
-        index.version.IndexVersionError: no such version, or it fails validation.
-    """
-    iv = open_version(home / "indexes", name, version)
-    set_search_params(iv.index, params.nprobe, params.ef_search)
-    return iv
-
-
-def load_engine(home: Path, name: str, version: int | None = None, build_missing: bool = True,
+def load_engine(home: Path | Home, name: str, version: int | None = None, build_missing: bool = True,
                 params: SearchParams | None = None) -> QAEngine:
-    """A version of model ``name`` (the newest when None) with its index (built from ``default_corpus`` if
-    missing and ``build_missing``).
+    """A version of model ``name`` (the newest when None) with the index version pinned for it in the home,
+    else the newest one its block embedder built that opens (a corrupt one is skipped with a warning); when
+    there is none, one is built from the model's ``default_corpus`` if ``build_missing``.
 
     Raises:
         realm_core.model_dir.ModelDirError, index.version.IndexVersionError, FileNotFoundError.
     """
+    home, params = _home(home), params or SearchParams()
     if version is None:
-        version = model_versions(home, name)[-1]
-    root = home / "models" / name / str(version)
+        versions = home.model_versions(name)
+        if not versions:
+            raise FileNotFoundError(f"model {name!r} has no version in the home")
+        version = versions[-1]
+    root = home.model_dir(name, version)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} does not exist")
     model = load_model_dir(root, name, version)
-    candidates = find_indexes(home, model.ref)
-    for i, found in enumerate(candidates):  # the newest version that opens; a corrupt one is skipped
+    candidates = find_indexes(home, model.ref, model.embedder_id)
+    pinned = read_pins(home).get(model.ref)
+    if pinned is not None:
+        pin = parse_ref(pinned)
+        if pin in candidates:
+            candidates = [pin] + [c for c in candidates if c != pin]
+        else:
+            log.warning("index %s pinned for %s is not an index it can serve; ignoring the pin", pinned, model.ref)
+    for i, found in enumerate(candidates):  # the pinned or newest version that opens; a corrupt one is skipped
         try:
-            return QAEngine(model, open_index(home, *found, params or SearchParams()))
+            return QAEngine(model, open_index(home, *found, params))
         except IndexVersionError as e:
             if i == len(candidates) - 1:
                 raise
-            log.warning("index %s/%d cannot serve %s, trying an older version: %s", *found, model.ref, e)
-    if not candidates:
-        corpus = json.loads((root / "model.json").read_text()).get("default_corpus")
-        if not (build_missing and corpus):
-            raise FileNotFoundError(f"no index in {home / 'indexes'} was built by {model.ref}")
-        log.info("no index for %s yet: building one from %s", model.ref, corpus)
-        m = build_index(model, resolve_path(root, corpus), home / "indexes", name)
-        found = (m.name, m.version)
-    return QAEngine(model, open_index(home, *found, params or SearchParams()))
+            log.warning("index %s/%d cannot serve %s, trying another version: %s", *found, model.ref, e)
+    if not (build_missing and model.spec is not None and model.spec.default_corpus):
+        raise FileNotFoundError(f"no index in the home was built by the block embedder of {model.ref}")
+    corpus = resolve_path(root, model.spec.default_corpus)
+    log.info("no index for %s yet: building one from %s", model.ref, corpus)
+    mv = home.model_version(model.ref)
+    m = build_and_publish(home, corpus_request(name, mv, corpus), BuildOptions(progress_bar=True),
+                          LocalExecutor(model))
+    return QAEngine(model, open_index(home, m.name, m.version, params))
 
 
 def split_ref(ref: str) -> tuple[str, int | None]:
     """``"name"`` → (name, None); ``"name/3"`` → (name, 3).
 
     Raises:
-        NotFound: the version part is not a number (param ``model``).
+        NotFound: a bad name or a version that is not ASCII digits (param ``model``).
     """
-    name, slash, v = ref.partition("/")
-    if not slash:
-        return name, None
-    if not (v.isascii() and v.isdigit()):  # '²'.isdigit() is true, int('²') raises
-        raise NotFound(f"model {ref!r}: the version must be a number (ASCII digits)", param="model")
-    return name, int(v)
+    try:
+        return parse_ref(ref)
+    except ValueError as e:
+        raise NotFound(f"model {e}", param="model") from None
 
 
 @dataclass
@@ -161,7 +148,7 @@ class Registry:
 
     def __init__(self, engines: dict[str, Engine] | None = None, loader: Callable[[str, int], Engine] | None = None,
                  on_disk: Callable[[], dict[str, list[int]]] | None = None, default: str | None = None,
-                 home: Path | None = None, search: SearchParams | None = None) -> None:
+                 home: Path | Home | None = None, search: SearchParams | None = None) -> None:
         self._served: dict[str, dict[int, Engine]] = {}
         for name, e in (engines or {}).items():
             self._served.setdefault(name, {})[split_ref(e.model_ref)[1] or 0] = e
@@ -170,32 +157,36 @@ class Registry:
         self._state: dict[tuple[str, int], VersionInfo] = {}
         self._lock = threading.Lock()  # one load or unload at a time; readers see whole dicts (copy on write)
         self.observers: list[Observer] = []
-        self._home, self._search = home, search or SearchParams()
-        # index versions already published when serving began or at the last poll (poll_indexes)
-        self._known_indexes = {(n, v) for n, v, _ in index_manifests(home)} if home is not None else None
+        self._home = _home(home) if home is not None else None
+        self._search = search or SearchParams()
+        # index versions published and pins recorded when serving began or at the last poll (poll_indexes)
+        self._known_indexes = {(e.name, e.version) for e in index_entries(self._home)} if self._home else None
+        self._known_pins = read_pins(self._home) if self._home is not None else {}
 
     @classmethod
-    def from_home(cls, home: Path, only: str | None = None, build_missing: bool = True,
+    def from_home(cls, home: Path | Home, only: str | None = None, build_missing: bool = True,
                   default: str | None = None, search: SearchParams | None = None) -> Registry:
-        """Every model of the home at its newest version (or only ``only``), loaded now.
+        """Every model of the home at its newest version (or only ``only``), loaded now, each with its pinned
+        (else newest) index version.
 
         Raises:
             NotFound: ``only`` is not in the home, or ``default`` is not loaded.
         """
-        names = model_names(home)
+        home = _home(home)
         engines: dict[str, Engine] = {}
         if only is not None:
-            name, version = split_ref(only)
-            if name not in names or (version is not None and version not in model_versions(home, name)):
-                raise NotFound(f"model {only!r} is not in {home / 'models'}", param="model")
+            try:
+                name, version = home.resolve_model(only)
+            except (LookupError, ValueError):
+                raise NotFound(f"model {only!r} is not in the registry", param="model") from None
             engines[name] = load_engine(home, name, version, build_missing, search)
         else:
-            engines = {n: load_engine(home, n, None, build_missing, search) for n in names}
+            engines = {n: load_engine(home, n, None, build_missing, search) for n in home.model_names()}
         if default is not None and split_ref(default)[0] not in engines:
             raise NotFound(f"default model {default!r} is not among the models loaded: {sorted(engines)}",
                            param="default_model")
         return cls(engines, loader=lambda n, v: load_engine(home, n, v, build_missing, search),
-                   on_disk=lambda: {n: model_versions(home, n) for n in model_names(home)}, default=default,
+                   on_disk=lambda: {n: home.model_versions(n) for n in home.model_names()}, default=default,
                    home=home, search=search)
 
     def served(self) -> list[Engine]:
@@ -272,56 +263,81 @@ class Registry:
         log.info("unloaded %s", ref)
 
     def activate_index(self, name: str, version: int) -> list[Engine]:
-        """Swap index version ``name/version`` in under the served model whose block embedder built it
-        (blocking: call from a worker thread). An older version than the serving one is a rollback.
+        """Swap index version ``name/version`` in under every served model whose block embedder built it
+        (blocking: call from a worker thread) and pin it for them in the home, so that it survives a restart.
+        An older version than the serving one is a rollback; the version already served is a no-op.
 
         Raises:
             NotFound: no such index version (param ``index``).
             IndexRejected: it fails validation, or no served model built it; the old version keeps serving.
         """
         ref = f"{name}/{version}"
-        if self._home is None or version not in list_versions(self._home / "indexes", name):
+        home = self._home
+        if home is None or version not in home.index_versions(name):
             raise NotFound(f"index {ref} is not published", param="index")
         with self._lock:
+            iv = None
             try:
-                iv = open_index(self._home, name, version, self._search)
-                engines = [e for e in self.served() if e.model_ref == iv.manifest.embedder]
+                entry = next(e for e in index_entries(home) if (e.name, e.version) == (name, version))
+                if entry.manifest is None:
+                    raise IndexVersionError(entry.error or "unreadable manifest")
+                engines = [e for e in self.served()
+                           if serves(home, entry.manifest, e.model_ref, model_embedder_id(home, e.model_ref))]
                 if not engines:
-                    raise ValueError(f"it was built by {iv.manifest.embedder}, which is not served "
-                                     f"(served: {[e.model_ref for e in self.served()]})")
-                for e in engines:
-                    if e.index_ref != ref:
-                        e.swap_index(iv)
+                    raise ValueError(f"it was built by {entry.manifest.embedder}, whose block embedder no served "
+                                     f"model has (served: {[e.model_ref for e in self.served()]})")
+                if any(e.index_ref != ref for e in engines):
+                    iv = open_index(home, name, version, self._search)
+                    for e in engines:
+                        if e.index_ref != ref:
+                            e.swap_index(iv)
             except (IndexVersionError, ValueError) as err:
+                if iv is not None and not any(e.index_ref == ref for e in self.served()):
+                    iv.close()  # a rejected version holds no memory map
                 log.warning("index %s rejected: %s", ref, err)
                 self._notify("index_swap", ref, "failure")
                 raise IndexRejected(f"index {ref} was not activated: {err}; still serving "
                                     f"{sorted({e.index_ref for e in self.served()})}", param="index") from err
-            self._notify("index_swap", ref, "success")
+            try:
+                self._known_pins = set_pins(home, {e.model_ref: ref for e in engines})
+            except OSError as err:  # serving changed; only surviving a restart is lost
+                log.error("index %s serves but could not be pinned in %s: %s", ref, home.pins_path, err)
+            if iv is not None:
+                self._notify("index_swap", ref, "success")
         return engines
 
     def poll_indexes(self) -> list[str]:
-        """Activate index versions published since the registry was made or last polled (so a rollback is
-        never undone by polling) that a served model built; the newest per model.
-        A rejected version is logged and not retried. Returns the refs activated."""
+        """Follow the home: activate index versions published since the registry was made or last polled
+        that a served model may serve (the newest per model), then any pin another process changed (a rollback
+        on another replica). A version neither new nor newly pinned is never activated by polling, so a
+        rollback is never undone by it. A rejected version is logged and not retried. Returns the refs
+        activated."""
         if self._home is None:
             return []
-        found = index_manifests(self._home)
-        known, self._known_indexes = self._known_indexes, {(n, v) for n, v, _ in found}
+        home = self._home
+        entries = [e for e in index_entries(home) if e.manifest is not None]
+        known, self._known_indexes = self._known_indexes, {(e.name, e.version) for e in index_entries(home)}
         if known is None:
             return []
-        newest: dict[str, tuple[str, int]] = {}
-        for n, v, m in found:
-            if (n, v) not in known and (m.embedder not in newest or v > newest[m.embedder][1]):
-                newest[m.embedder] = (n, v)
-        served = {e.model_ref for e in self.served()}
+        wanted: dict[str, str] = {}  # model ref -> index ref to serve
+        for engine in self.served():
+            emb = model_embedder_id(home, engine.model_ref)
+            new = [e for e in entries if (e.name, e.version) not in known
+                   and e.manifest is not None and serves(home, e.manifest, engine.model_ref, emb)]
+            if new:
+                wanted[engine.model_ref] = max(new, key=lambda e: (e.manifest.created_at, e.version)).ref  # type: ignore[union-attr]
+        pins, before = read_pins(home), self._known_pins
+        self._known_pins = pins
+        for engine in self.served():
+            pin = pins.get(engine.model_ref)
+            if pin is not None and pin != before.get(engine.model_ref) and pin != engine.index_ref:
+                wanted.setdefault(engine.model_ref, pin)
         done = []
-        for embedder, (n, v) in newest.items():
-            if embedder not in served:
-                continue
+        for ref in sorted(set(wanted.values())):
+            n, v = split_ref(ref)
             try:
-                self.activate_index(n, v)
-                done.append(f"{n}/{v}")
+                self.activate_index(n, v or 0)
+                done.append(ref)
             except (IndexRejected, NotFound) as e:
                 log.warning("polling: %s", e.message)
         return done
@@ -360,38 +376,28 @@ class IndexInfo:
     blocks: int
     created_at: str
     served_by: list[str]  # model refs serving it
+    state: str = "ok"  # "ok" | "unreadable" (its manifest cannot be read)
+    error: str | None = None  # why, when unreadable
 
 
-def describe_indexes(home: Path, served: list[Engine]) -> list[IndexInfo]:
-    """Every index version in the home, and any served one not there, with the models serving each."""
+def describe_indexes(home: Path | Home, served: list[Engine]) -> list[IndexInfo]:
+    """Every index version in the home (an unreadable one with its error), and any served one not there,
+    with the models serving each."""
     by_index: dict[str, list[Engine]] = {}
     for e in served:
         by_index.setdefault(e.index_ref, []).append(e)
-    out = [IndexInfo(n, v, m.embedder, m.count, m.created_at, [e.model_ref for e in by_index.pop(f"{n}/{v}", [])])
-           for n, v, m in index_manifests(home)]
+    out = []
+    for entry in index_entries(_home(home)):
+        m = entry.manifest
+        users = [e.model_ref for e in by_index.pop(entry.ref, [])]
+        out.append(IndexInfo(entry.name, entry.version, m.embedder, m.count, m.created_at, users) if m is not None
+                   else IndexInfo(entry.name, entry.version, "", 0, "", users, "unreadable", entry.error))
     for ref, engines in by_index.items():
         name, version = split_ref(ref)
         out.append(IndexInfo(name, version or 0, "", engines[0].block_count, "", [e.model_ref for e in engines]))
     return sorted(out, key=lambda i: (i.name, i.version))
 
 
-def enqueue_build(home: Path, index: str, model: str, corpus: str, factory: str) -> str:
-    """Write a build job for the index worker into ``<home>/jobs/``; returns the job id.
-
-    Raises:
-        InvalidInput: a bad index name, corpus path or factory string (naming the field).
-        NotFound: the model is not in the home (param ``model``).
-    """
-    from index.worker import submit_job
-
-    if not index or index.startswith(".") or "/" in index:
-        raise InvalidInput(f"bad index name {index!r}", param="name")
-    name, version = split_ref(model)
-    if name not in model_names(home) or (version is not None and version not in model_versions(home, name)):
-        raise NotFound(f"model {model!r} is not in {home / 'models'}", param="model")
-    if not Path(corpus).is_file():
-        raise InvalidInput(f"corpus {corpus} is not a file the service can see", param="corpus")
-    try:
-        return submit_job(home, index, model, str(Path(corpus).resolve()), factory).id
-    except ValueError as e:
-        raise InvalidInput(str(e), param="factory") from None
+def enqueue_build(home: Path | Home, index: str, model: str, corpus: str, factory: str) -> str:
+    """See :func:`service.indexes.enqueue_build`."""
+    return _enqueue_build(_home(home), index, model, corpus, factory)

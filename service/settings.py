@@ -22,6 +22,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from index.options import EXECUTORS, BuildOptions, SearchParams, WorkerOptions
+
 BUNDLED_HOME = Path(__file__).resolve().parent / "default"
 ENV_PREFIX = "REALMQA_"
 CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
@@ -65,8 +67,27 @@ class Settings(BaseSettings):
     index_poll_interval_s: float = Field(
         0.0, ge=0, description="look for newly published index versions every this many seconds and swap to one "
                                "built by a served model (0: off; the index worker can notify instead)")
-    nprobe: int = Field(16, gt=0, description="inverted lists an IVF index searches (more: better recall, slower)")
-    ef_search: int = Field(64, gt=0, description="HNSW search beam, efSearch (more: better recall, slower)")
+    nprobe: int = Field(SearchParams.nprobe, gt=0,
+                        description="inverted lists an IVF index searches (more: better recall, slower)")
+    ef_search: int = Field(SearchParams.ef_search, gt=0,
+                           description="HNSW search beam, efSearch (more: better recall, slower)")
+    # index builds (realmqa index build, the index worker, the service's build of a missing index)
+    index_chunk_blocks: int = Field(BuildOptions.chunk_blocks, gt=0, description="blocks per resumable build chunk")
+    index_batch_size: int = Field(BuildOptions.batch_size, gt=0, description="texts per embedding forward pass")
+    index_train_sample: int = Field(BuildOptions.train_sample, gt=0,
+                                    description="most block embeddings an IVF/PQ index is trained on")
+    index_publish_tries: int = Field(BuildOptions.publish_tries, gt=0,
+                                     description="version numbers a publish tries before it gives up")
+    index_chunk_pause_s: float = Field(BuildOptions.chunk_pause_s, ge=0,
+                                       description="sleep after each embedded chunk, s (throttle on a shared machine)")
+    index_executor: str = Field("local", description=f"who embeds build chunks: one of {sorted(EXECUTORS)}")
+    index_device: str = Field("auto", description="torch device builds embed on: auto (cuda when torch sees "
+                                                  "a GPU, else cpu), cpu, cuda, cuda:N")
+    worker_poll_s: float = Field(WorkerOptions.poll_s, gt=0, description="how often the index worker looks for jobs, s")
+    worker_max_attempts: int = Field(WorkerOptions.max_attempts, gt=0,
+                                     description="claims of one job (its workers dying) before it is filed as failed")
+    worker_service_url: str | None = Field(None, description="service the index worker asks to activate each new "
+                                                             "version (with admin_token); none: the service polls")
     shutdown_timeout_s: float = Field(
         20.0, ge=0, description="on SIGTERM, how long queued work may still finish; the rest gets 503")
 
@@ -111,6 +132,13 @@ class Settings(BaseSettings):
         self.admin_token = SecretStr(text.rstrip("\r\n"))
         self._token_not_blank(self.admin_token)
         return self
+
+    @field_validator("index_executor")
+    @classmethod
+    def _known_executor(cls, v: str) -> str:
+        if v not in EXECUTORS:
+            raise ValueError(f"must be one of {sorted(EXECUTORS)}")
+        return v
 
     @field_validator("admin_token")
     @classmethod
@@ -161,3 +189,27 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
+
+
+def build_options(settings: Settings, factory: str = "Flat") -> BuildOptions:
+    """The build options the settings say (the one place settings become build options)."""
+    return BuildOptions(factory=factory, chunk_blocks=settings.index_chunk_blocks,
+                        batch_size=settings.index_batch_size, train_sample=settings.index_train_sample,
+                        search=SearchParams(settings.nprobe, settings.ef_search),
+                        chunk_pause_s=settings.index_chunk_pause_s, publish_tries=settings.index_publish_tries)
+
+
+def index_device(settings: Settings) -> str:
+    """``index_device`` with ``auto`` resolved: cuda when torch sees a GPU, else cpu."""
+    if settings.index_device != "auto":
+        return settings.index_device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def worker_options(settings: Settings) -> WorkerOptions:
+    secret = settings.admin_token.get_secret_value() if settings.admin_token else None
+    return WorkerOptions(build=build_options(settings), poll_s=settings.worker_poll_s,
+                         max_attempts=settings.worker_max_attempts, device=index_device(settings),
+                         service_url=settings.worker_service_url, admin_token=secret)

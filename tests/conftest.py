@@ -42,8 +42,8 @@ def make_home(root: Path) -> Path:
 @pytest.fixture(scope="session")
 def small_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A home with the bundled model and index ``small`` (v1) over 24 Super Bowl 50 and Notre Dame paragraphs."""
-    from index.build import build_index
-    from realm_core.model_dir import load_model_dir
+    from index.home import Home
+    from index.pipeline import build_from_corpus
 
     root = make_home(tmp_path_factory.mktemp("home"))
     corpus = root / "corpus.jsonl"
@@ -51,8 +51,7 @@ def small_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with gzip.open(BUNDLED_CORPUS, "rt", encoding="utf-8") as f:
         sb = [json.loads(line) for line in f if json.loads(line)["id"].startswith("dev/Super_Bowl_50/")][:12]
     corpus.write_text("".join(json.dumps(d) + "\n" for d in docs + sb))
-    model = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
-    build_index(model, corpus, root / "indexes", "small", progress=False)
+    build_from_corpus(Home(root), "small", "minilm-squad/1", corpus)
     return root
 
 

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
-from index.worker import running_builds
+from index.home import Home
+from index.jobs import running_builds
 from service.deps import BatcherDep, MetricsDep, RegistryDep, SettingsDep
 from service.errors import NotReady
 from service.schemas import error_responses
@@ -33,5 +34,5 @@ async def readyz(registry: RegistryDep) -> dict[str, object]:
     200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
     **error_responses()})
 async def metrics(metrics: MetricsDep, registry: RegistryDep, batcher: BatcherDep, settings: SettingsDep) -> Response:
-    builds = tuple((b.index, b.job, b.blocks) for b in running_builds(settings.home))
+    builds = tuple((b.index, b.job, b.blocks) for b in running_builds(Home(settings.home)))
     return Response(metrics.render(registry.served(), batcher.depth(), builds), media_type=CONTENT_TYPE_LATEST)

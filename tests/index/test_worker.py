@@ -16,93 +16,94 @@ import faiss
 import numpy as np
 import pytest
 
-from index.faiss_index import recall_at_k, set_search_params
+from index.chunks import LocalExecutor
+from index.faiss_index import build_index, recall_at_k, set_search_params
+from index.home import Home
+from index.jobs import BuildProgress, job_work_dir, running_builds, submit_job
+from index.options import BuildOptions, SearchParams, WorkerOptions
+from index.pipeline import build_and_publish, corpus_request, read_progress
 from index.version import list_versions, open_version
-from index.worker import (
-    BuildProgress,
-    IndexWorker,
-    WorkerOptions,
-    build_faiss_index,
-    job_work_dir,
-    read_progress,
-    running_builds,
-    submit_job,
-)
+from index.worker import IndexWorker
 from tests.service.tiny_home import write_corpus, write_model
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def tiny_model_home(root: Path, blocks: int) -> Path:
+def tiny_model_home(root: Path, blocks: int) -> Home:
     write_model(root / "models" / "tiny" / "1")
     write_corpus(root / "corpus.jsonl", blocks)
-    return root
+    return Home(root)
+
+
+def opts(chunk_blocks: int = 4096, **kw: object) -> WorkerOptions:
+    return WorkerOptions(build=BuildOptions(chunk_blocks=chunk_blocks), **kw)  # type: ignore[arg-type]
 
 
 def test_worker_builds_publishes_and_files_the_job(tmp_path: Path) -> None:
     home = tiny_model_home(tmp_path, 40)
-    job = submit_job(home, "tiny", "tiny", str(home / "corpus.jsonl"), "IVF4,Flat")
-    worker = IndexWorker(home, WorkerOptions(chunk_blocks=16))
+    job = submit_job(home, "tiny", "tiny", str(home.root / "corpus.jsonl"), "IVF4,Flat")
+    worker = IndexWorker(home, opts(16))
     assert worker.run_once() and not worker.run_once()
-    iv = open_version(home / "indexes", "tiny", 1)
+    iv = open_version(home.indexes_dir, "tiny", 1)
     assert iv.manifest.embedder == "tiny/1" and iv.manifest.factory == "IVF4,Flat" and iv.manifest.count == 40
+    assert iv.manifest.embedder_id == home.model_version("tiny").embedder_id
     assert 0.0 < iv.manifest.extra["recall_at_k"] <= 1.0 and iv.manifest.extra["recall_k"] == 10
     assert iv.manifest.extra["chunks"] == 3
-    done = json.loads((home / "jobs" / "done" / f"{job.id}.json").read_text())
+    done = json.loads((home.jobs_dir / "done" / f"{job.id}.json").read_text())
     assert done["version"] == 1
     assert not job_work_dir(home, job).exists()
-    assert sorted(p.name for p in (home / "indexes" / "tiny").iterdir()) == ["1"]
+    assert sorted(p.name for p in (home.indexes_dir / "tiny").iterdir()) == ["1"]
 
 
 def test_a_failing_job_is_filed_with_its_reason(tmp_path: Path) -> None:
     home = tiny_model_home(tmp_path, 5)
-    job = submit_job(home, "tiny", "nope", str(home / "corpus.jsonl"))
+    job = submit_job(home, "tiny", "nope", str(home.root / "corpus.jsonl"))
     assert IndexWorker(home).run_once()
-    failed = json.loads((home / "jobs" / "failed" / f"{job.id}.json").read_text())
-    assert "nope" in failed["error"] and list_versions(home / "indexes", "tiny") == []
+    failed = json.loads((home.jobs_dir / "failed" / f"{job.id}.json").read_text())
+    assert "nope" in failed["error"] and failed["attempts"] == 1 and list_versions(home.indexes_dir, "tiny") == []
 
 
 def test_bad_factory_is_refused_at_submit(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="factory"):
-        submit_job(tmp_path, "x", "m", "c.jsonl", "NotAnIndex")
+        submit_job(Home(tmp_path), "x", "m", "c.jsonl", "NotAnIndex")
 
 
-def _worker(home: Path, *extra: str) -> subprocess.Popen[bytes]:
+def _worker(home: Home, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "index", "worker", "--home", str(home),
-                             "--chunk-blocks", "16", "--once", *extra], env=env, cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "service.cli", "index", "worker", "--home", str(home.root),
+                             "--index-chunk-blocks", "16", "--once", *extra], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def test_killed_build_resumes_without_redoing_chunks(tmp_path: Path) -> None:
     home = tiny_model_home(tmp_path, 120)  # 8 chunks of 16
-    job = submit_job(home, "tiny", "tiny", str(home / "corpus.jsonl"))
+    job = submit_job(home, "tiny", "tiny", str(home.root / "corpus.jsonl"))
     work = job_work_dir(home, job)
     seen: list[list[int]] = []
     stop = threading.Event()
 
     def watch() -> None:  # every version ever listed must open and validate: never a partial one
         while not stop.is_set():
-            vs = list_versions(home / "indexes", "tiny")
+            vs = list_versions(home.indexes_dir, "tiny")
             seen.append(vs)
             for v in vs:
-                open_version(home / "indexes", "tiny", v)
+                open_version(home.indexes_dir, "tiny", v)
             time.sleep(0.01)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        p = _worker(home, "--chunk-pause-s", "0.3")
+        p = _worker(home, "--index-chunk-pause-s", "0.3")
         deadline = time.monotonic() + 120
-        while read_progress(work)["chunks_done"] < 2 if work.exists() else True:
+        while len(read_progress(work).get("embedded", [])) < 2:
             assert p.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
         p.send_signal(signal.SIGKILL)
         p.wait()
-        first = read_progress(work)["chunks_done"]
+        first = len(read_progress(work)["embedded"])
         assert 2 <= first < 8
-        assert list_versions(home / "indexes", "tiny") == []
-        assert (home / "jobs" / "running" / f"{job.id}.json").is_file()
+        assert list_versions(home.indexes_dir, "tiny") == []
+        assert (home.jobs_dir / "running" / f"{job.id}.json").is_file()
         assert running_builds(home) == [BuildProgress(job.id, "tiny", first, first * 16)]
 
         p = _worker(home)
@@ -112,12 +113,12 @@ def test_killed_build_resumes_without_redoing_chunks(tmp_path: Path) -> None:
         stop.set()
         watcher.join()
     assert f"resuming after {first} finished chunks".encode() in out
-    m = open_version(home / "indexes", "tiny", 1).manifest
+    m = open_version(home.indexes_dir, "tiny", 1).manifest
     runs = [r["chunks"] for r in m.extra["embedding_runs"]]
     assert runs == [list(range(first)), list(range(first, 8))]  # nothing embedded twice
     assert m.count == 120 and m.extra["chunks"] == 8
     assert all(vs in ([], [1]) for vs in seen)
-    assert not work.exists() and (home / "jobs" / "done" / f"{job.id}.json").is_file()
+    assert not work.exists() and (home.jobs_dir / "done" / f"{job.id}.json").is_file()
 
 
 def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -138,7 +139,8 @@ def test_approximate_kinds_against_exact(tmp_path: Path, factory: str, min_recal
     for i, part in enumerate(np.array_split(xb, 3)):
         files.append(tmp_path / f"emb-{i}.npy")
         np.save(files[-1], part)
-    index, extra = build_faiss_index(files, factory, WorkerOptions(nprobe=16, ef_search=64, train_sample=6000))
+    index, extra = build_index([np.load(f, mmap_mode="r") for f in files], factory, train_sample=6000,
+                               params=SearchParams(nprobe=16, ef_search=64))
     assert index.ntotal == 6000 and extra["recall_k"] == 10 and extra["recall_queries"] == 200
     assert min_recall <= extra["recall_at_k"] <= 1.0
     xq = _clustered(100, 32, seed=1)
@@ -156,31 +158,31 @@ def test_approximate_kinds_against_exact(tmp_path: Path, factory: str, min_recal
 
 def test_flat_has_no_recall_figure(tmp_path: Path) -> None:
     np.save(tmp_path / "e.npy", _clustered(300, 16))
-    index, extra = build_faiss_index([tmp_path / "e.npy"], "Flat", WorkerOptions())
+    index, extra = build_index([np.load(tmp_path / "e.npy")], "Flat")
     assert index.ntotal == 300 and "recall_at_k" not in extra
 
 
 def test_a_job_killed_after_publishing_is_not_published_twice(tmp_path: Path) -> None:
     home = tiny_model_home(tmp_path, 20)
-    job = submit_job(home, "tiny", "tiny", str(home / "corpus.jsonl"))
-    job_file = (home / "jobs" / f"{job.id}.json").read_text()
-    assert IndexWorker(home).run_once()
-    # the state a SIGKILL between publishing and filing the job leaves behind
+    job = submit_job(home, "tiny", "tiny", str(home.root / "corpus.jsonl"))
+    # the state a SIGKILL between publishing and filing the job leaves behind: its work directory says published
     work = job_work_dir(home, job)
-    work.mkdir()
-    (work / "progress.json").write_text(json.dumps({"chunks_done": 1, "blocks": 20, "runs": [], "published": 1}))
-    (home / "jobs" / "running" / f"{job.id}.json").write_text(job_file)
+    m = build_and_publish(home, corpus_request("tiny", home.model_version("tiny"), home.root / "corpus.jsonl"),
+                          BuildOptions(), LocalExecutor(), work)
+    assert read_progress(work)["published"] == m.version == 1
+    (home.jobs_dir / f"{job.id}.json").rename(home.jobs_dir / "running" / f"{job.id}.json")
     assert IndexWorker(home).run_once()
-    assert list_versions(home / "indexes", "tiny") == [1] and not work.exists()
+    assert list_versions(home.indexes_dir, "tiny") == [1] and not work.exists()
+    assert json.loads((home.jobs_dir / "done" / f"{job.id}.json").read_text())["version"] == 1
 
 
 def test_cli_submit_queues_a_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from service.cli import main
 
     home = tiny_model_home(tmp_path, 5)
-    main(["index", "submit", "--home", str(home), "--model", "tiny", "--corpus", str(home / "corpus.jsonl"),
+    main(["index", "submit", "--home", str(home.root), "--model", "tiny", "--corpus", str(home.root / "corpus.jsonl"),
           "--index", "tiny", "--factory", "HNSW32"])
     job_id = capsys.readouterr().out.strip()
-    job = json.loads((home / "jobs" / f"{job_id}.json").read_text())
-    assert job == {"id": job_id, "index": "tiny", "model": "tiny", "corpus": str(home / "corpus.jsonl"),
-                   "factory": "HNSW32"}
+    job = json.loads((home.jobs_dir / f"{job_id}.json").read_text())
+    assert job == {"id": job_id, "index": "tiny", "model": "tiny", "corpus": str(home.root / "corpus.jsonl"),
+                   "factory": "HNSW32", "executor": "local", "attempts": 0}

@@ -15,6 +15,7 @@ from service.errors import InvalidInput
 from service.registry import Registry, find_index
 from service.settings import Settings
 from tests.conftest import BUNDLED_MODEL
+from tests.service.tiny_home import write_model
 
 QUESTIONS = [
     "Which NFL team won Super Bowl 50?",
@@ -71,10 +72,15 @@ def test_over_long_question_is_invalid(engine: QAEngine) -> None:
     assert e.value.param == "question"
 
 
-def test_index_of_another_embedder_is_refused(small_home: Path) -> None:
-    model = load_model_dir(BUNDLED_MODEL, "other-name", 1)
-    with pytest.raises(ValueError, match="built by minilm-squad/1"):
-        QAEngine(model, open_version(small_home / "indexes", "small"))
+def test_index_of_another_embedder_is_refused(small_home: Path, tmp_path: Path) -> None:
+    """The block embedder is identified by content: the same files under another model name serve the index;
+    another embedder (the tiny random one) is refused."""
+    same = load_model_dir(BUNDLED_MODEL, "other-name", 1)
+    QAEngine(same, open_version(small_home / "indexes", "small"))
+    write_model(tmp_path / "tiny")
+    other = load_model_dir(tmp_path / "tiny", "tiny", 1)
+    with pytest.raises(ValueError, match="built by the block embedder of minilm-squad/1"):
+        QAEngine(other, open_version(small_home / "indexes", "small"))
 
 
 def test_http_path_on_real_engine(small_home: Path) -> None:

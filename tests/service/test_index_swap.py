@@ -16,8 +16,11 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from index.home import Home
+from index.jobs import job_work_dir, submit_job
+from index.options import BuildOptions, WorkerOptions
 from index.version import version_files
-from index.worker import IndexWorker, WorkerOptions, job_work_dir, submit_job
+from index.worker import IndexWorker
 from service.app import create_app
 from service.settings import Settings
 from tests.service.test_routes import assert_error
@@ -34,14 +37,19 @@ def write_corpus(path: Path, n: int, prefix: str, seed: int) -> None:
                             for i in range(n)))
 
 
+def opts(chunk_blocks: int, chunk_pause_s: float = 0.0, **kw: object) -> WorkerOptions:
+    return WorkerOptions(build=BuildOptions(chunk_blocks=chunk_blocks, chunk_pause_s=chunk_pause_s),
+                         **kw)  # type: ignore[arg-type]
+
+
 @pytest.fixture()
 def home(tmp_path: Path) -> Path:
     """A tiny model whose index ``tiny`` version 1 (blocks one-*) the worker built; corpus two.jsonl (two-*)."""
     write_model(tmp_path / "models" / "tiny" / "1")
     write_corpus(tmp_path / "one.jsonl", 30, "one", 1)
     write_corpus(tmp_path / "two.jsonl", 80, "two", 2)
-    submit_job(tmp_path, "tiny", "tiny", str(tmp_path / "one.jsonl"))
-    assert IndexWorker(tmp_path, WorkerOptions(chunk_blocks=16)).run_once()
+    submit_job(Home(tmp_path), "tiny", "tiny", str(tmp_path / "one.jsonl"))
+    assert IndexWorker(tmp_path, opts(16)).run_once()
     return tmp_path
 
 
@@ -68,7 +76,7 @@ def served(home: Path) -> Iterator[tuple[str, object]]:
 def test_swap_under_load_loses_no_request(home: Path, served: tuple[str, object]) -> None:
     url, app = served
     old = app.state.registry.get(None).index  # type: ignore[attr-defined]
-    worker = IndexWorker(home, WorkerOptions(chunk_blocks=16, chunk_pause_s=0.05, poll_s=0.05, service_url=url,
+    worker = IndexWorker(home, opts(16, 0.05, poll_s=0.05, service_url=url,
                                              admin_token=TOKEN))
     wt = threading.Thread(target=worker.run_forever)
     wt.start()
@@ -125,8 +133,8 @@ def test_polling_swaps_and_a_rollback_sticks(home: Path) -> None:
     settings = Settings(home=home, admin_token=TOKEN, build_missing_index=False, index_poll_interval_s=0.1)
     with TestClient(create_app(settings)) as c:
         assert c.post("/answer", json={"question": "alpha?"}).json()["index"] == "tiny/1"
-        submit_job(home, "tiny", "tiny", str(home / "two.jsonl"), "IVF4,Flat")
-        assert IndexWorker(home, WorkerOptions(chunk_blocks=32)).run_once()  # no notification: polling
+        submit_job(Home(home), "tiny", "tiny", str(home / "two.jsonl"), "IVF4,Flat")
+        assert IndexWorker(home, opts(32)).run_once()  # no notification: polling
         deadline = time.monotonic() + 30
         while (r := c.post("/answer", json={"question": "alpha?"}).json())["index"] != "tiny/2":
             assert time.monotonic() < deadline
@@ -143,25 +151,23 @@ def test_corrupt_or_foreign_version_is_refused_and_the_old_one_serves(home: Path
     """Also a regression test: a corrupt newest index version stopped the service's start (``load_engine``
     opened only the newest by ``created_at``, and two versions of one second tied by listing order); the
     start now skips it for the newest version that opens."""
-    submit_job(home, "tiny", "tiny", str(home / "two.jsonl"))
-    assert IndexWorker(home, WorkerOptions(chunk_blocks=32)).run_once()
+    submit_job(Home(home), "tiny", "tiny", str(home / "two.jsonl"))
+    assert IndexWorker(home, opts(32)).run_once()
     f = version_files(home / "indexes" / "tiny" / "2").faiss_index
-    data = bytearray(f.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
     f.chmod(0o644)
-    f.write_bytes(bytes(data))
+    f.write_bytes(f.read_bytes()[:-64])  # truncated: an open checks sizes (a flipped byte: realmqa index verify)
     write_model(home / "models" / "other" / "1", seed=7)
-    submit_job(home, "foreign", "other", str(home / "two.jsonl"))
-    assert IndexWorker(home, WorkerOptions(chunk_blocks=32)).run_once()
+    submit_job(Home(home), "foreign", "other", str(home / "two.jsonl"))
+    assert IndexWorker(home, opts(32)).run_once()
     with TestClient(create_app(Settings(home=home, admin_token=TOKEN, build_missing_index=False,
                                         model="tiny"))) as c:
         before = c.post("/answer", json={"question": "alpha bravo?"}).json()
         r = c.post("/v1/indexes/tiny/versions/2/activate", headers=AUTH)
         assert_error(r, 409, "index")
-        assert r.json()["error"]["type"] == "index_rejected" and "checksum" in r.json()["error"]["message"]
+        assert r.json()["error"]["type"] == "index_rejected" and "the manifest says" in r.json()["error"]["message"]
         r = c.post("/v1/indexes/foreign/versions/1/activate", headers=AUTH)
         assert_error(r, 409, "index")
-        assert "other/1, which is not served" in r.json()["error"]["message"]
+        assert "other/1, whose block embedder no served model has" in r.json()["error"]["message"]
         assert_error(c.post("/v1/indexes/tiny/versions/9/activate", headers=AUTH), 404, "index")
         assert_error(c.post("/v1/indexes/tiny/versions/1/activate"), 401, None)
         after = c.post("/answer", json={"question": "alpha bravo?"}).json()
@@ -188,10 +194,10 @@ def test_build_route_validates_and_writes_a_job(home: Path) -> None:
 
 
 def test_metrics_show_running_builds(home: Path) -> None:
-    job = submit_job(home, "tiny", "tiny", str(home / "two.jsonl"))
+    job = submit_job(Home(home), "tiny", "tiny", str(home / "two.jsonl"))
     (home / "jobs" / f"{job.id}.json").rename(home / "jobs" / "running" / f"{job.id}.json")
-    work = job_work_dir(home, job)
+    work = job_work_dir(Home(home), job)
     work.mkdir()
-    (work / "progress.json").write_text(json.dumps({"chunks_done": 2, "blocks": 32, "runs": []}))
+    (work / "progress.json").write_text(json.dumps({"block_chunks": [16, 16, 16], "embedded": [0, 1], "runs": []}))
     with TestClient(create_app(Settings(home=home, build_missing_index=False))) as c:
         assert f'realmqa_index_build_blocks{{index="tiny",job="{job.id}"}} 32.0' in c.get("/metrics").text

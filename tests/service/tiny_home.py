@@ -57,15 +57,14 @@ def write_corpus(path: Path, n: int, seed: int = 0) -> None:
 
 def make_tiny_home(home: Path, blocks: int = 200, versions: int = 1, name: str = "tiny") -> Path:
     """``home/models/<name>/1..versions`` (random, seed = version) each with an index over one corpus."""
-    from index.build import build_index
-    from realm_core.model_dir import load_model_dir
+    from index.home import Home
+    from index.pipeline import build_from_corpus
 
     home.mkdir(parents=True, exist_ok=True)
     write_corpus(home / "corpus.jsonl", blocks)
     for v in range(1, versions + 1):
         write_model(home / "models" / name / str(v), seed=v)
-        model = load_model_dir(home / "models" / name / str(v), name, v)
-        build_index(model, home / "corpus.jsonl", home / "indexes", name, progress=False)
+        build_from_corpus(Home(home), name, f"{name}/{v}", home / "corpus.jsonl")
     return home
 
 
