@@ -24,7 +24,7 @@ from service.metrics import Metrics, MetricsMiddleware
 from service.openapi import openapi_schema
 from service.registry import Registry, SearchParams
 from service.request_log import RequestContextMiddleware
-from service.routes import admin, answer, health, models, retrieve
+from service.routes import admin, answer, health, models, page, retrieve
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, respond=_error_response)
-    routers = [m.router for m in (answer, retrieve, health, models, admin)]
+    routers = [m.router for m in (answer, retrieve, health, models, admin, page)]
     static_paths = frozenset(str(r.path) for router in routers for r in router.routes
                              if "{" not in str(getattr(r, "path", "{")))
     app.add_middleware(MetricsMiddleware, metrics=metrics, static_paths=static_paths)

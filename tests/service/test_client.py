@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -148,28 +149,35 @@ def test_nothing_listening_raises_httpx_connect_error() -> None:
 
 # --- 429: a blocking engine holds the worker, one request fills the queue (size 1), the next is refused ---
 
+@contextmanager
+def held(url: str, app: FastAPI, engine: BlockingEngine, queued: int = 1) -> Iterator[None]:
+    """One request held in ``engine`` and ``queued`` more waiting in the queue, until the gate opens (on exit)."""
+    threads = [threading.Thread(target=httpx.post, args=(url + "/answer",), kwargs={
+        "json": {"question": f"held {i}"}, "timeout": 60}) for i in range(1 + queued)]
+    threads[0].start()
+    assert engine.entered.wait(10)
+    for t in threads[1:]:
+        t.start()
+    deadline = time.monotonic() + 10
+    while app.state.batcher.depth() < queued:
+        assert time.monotonic() < deadline, "the requests never queued"
+        time.sleep(0.01)
+    try:
+        yield
+    finally:
+        engine.gate.set()
+        for t in threads:
+            t.join(30)
+
+
 @pytest.fixture()
 def blocked(tmp_path: Path) -> Iterator[tuple[str, FastAPI, BlockingEngine]]:
     (tmp_path / "models").mkdir()
     engine = BlockingEngine()
     app = create_app(Settings(home=tmp_path, max_batch_size=1, max_queue_size=1, max_queue_delay_ms=0,
                               retry_after_s=1, shutdown_timeout_s=0), Registry({"fake": engine}))
-    with serve_in_thread(app) as url:
-        held = [threading.Thread(target=httpx.post, args=(url + "/answer",), kwargs={
-            "json": {"question": f"held {i}"}, "timeout": 60}) for i in range(2)]
-        held[0].start()
-        assert engine.entered.wait(10)
-        held[1].start()
-        deadline = time.monotonic() + 10
-        while app.state.batcher.depth() < 1:
-            assert time.monotonic() < deadline, "the second request never queued"
-            time.sleep(0.01)
-        try:
-            yield url, app, engine
-        finally:
-            engine.gate.set()
-            for t in held:
-                t.join(30)
+    with serve_in_thread(app) as url, held(url, app, engine):
+        yield url, app, engine
 
 
 def _refused(app: FastAPI) -> float:
