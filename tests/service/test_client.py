@@ -124,6 +124,10 @@ def test_errors_raise_apierror_with_their_fields(url: str, kwargs: dict[str, Any
         qa.answer(**kwargs)
     assert (e.value.status, e.value.type, e.value.message) == (status, type_, body["message"])
     assert e.value.param == body["param"] and (param is None or e.value.param == param)
+    assert e.value.request_id and e.value.request_id != raw.headers["x-request-id"]  # one per request
+    with Client(url, headers={"X-Request-ID": "mine-1"}) as qa, pytest.raises(APIError) as e:
+        qa.answer(**kwargs)
+    assert e.value.request_id == "mine-1"
 
     async def run() -> APIError:
         async with AsyncClient(url) as aqa:

@@ -98,7 +98,8 @@ class Page:
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
         self.page.goto(url + "/")
-        self.page.wait_for_function("document.querySelector('#model option:nth-child(2)') !== null")
+        # (wait_for_function would poll with eval, which the page's CSP refuses)
+        self.page.wait_for_selector("#model option:nth-child(2)", state="attached")
 
     def ask(self, question: str) -> None:
         self.page.fill("#question", question)
@@ -114,6 +115,7 @@ class Page:
         self.page.wait_for_selector(f"#error:not([hidden]) .message:has-text('{status}')")
         assert self.page.text_content("#error .message") == (
             f"{status} {e['type']}: {e['message']}" + (f" (field: {e['param']})" if e["param"] else ""))
+        assert self.page.text_content("#error .request-id") == f"request id {info.value.headers['x-request-id']}"
         return e
 
 
