@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from index.build import build_index
-from realm_core.model_dir import load_model_dir
+from index.home import Home
+from index.pipeline import build_from_corpus
 from service.app import create_app
 from service.client import Client
 from service.registry import Registry
@@ -46,8 +46,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     write_corpus(home / "corpus.jsonl", 30)
     with (home / "corpus.jsonl").open("a") as f:
         f.write(json.dumps(HTML_BLOCK) + "\n")
-    build_index(load_model_dir(home / "models" / MODEL / "1", MODEL, 1), home / "corpus.jsonl", home / "indexes",
-                MODEL, progress=False)
+    build_from_corpus(Home(home), MODEL, f"{MODEL}/1", home / "corpus.jsonl")
     with serve_in_thread(create_app(Settings(home=home, build_missing_index=False))) as url:
         yield url
 
