@@ -72,6 +72,7 @@ class Reading:
     span_logits: torch.Tensor
     starts: torch.Tensor
     ends: torch.Tensor
+    padded_tokens: int = 0  # tokens its rows took in their reader passes, padding included
 
     def logits(self, relevance_scale: float) -> torch.Tensor:
         """(reader_beam, num_spans) span score + ``relevance_scale`` × relevance score (HF ``RealmReader``:
@@ -220,7 +221,8 @@ def read_beams(
         for j, i in enumerate(idx):
             dst, src = _span_map(row_len[i], T_q, W)
             out[j, dst] = row_logits[i][src]
-        readings.append(Reading(list(beam), [rows[i] for i in idx], out, starts, ends))
+        readings.append(Reading(list(beam), [rows[i] for i in idx], out, starts, ends,
+                                sum(row_len[i] for i in idx)))
     return BatchReading(readings, [len(p) for p in passes], sum(len(r) for r in rows), padded)
 
 

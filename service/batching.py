@@ -178,6 +178,9 @@ class Batcher:
             results = await asyncio.get_running_loop().run_in_executor(self._executor, _call_batch, batch)
         finally:
             self._running = []
+        if m is not None:  # each engine call's reader passes once (a batch re-run one job at a time has several)
+            for stats in {id(s): s for r in results if (s := getattr(r, "read_stats", None)) is not None}.values():
+                m.observe_read(batch[0].engine.model_ref, stats)
         for job, res in zip(batch, results):
             if job.future.done():
                 continue

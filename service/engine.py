@@ -44,12 +44,24 @@ class Candidate:
     block: ScoredBlock
 
 
+@dataclass(frozen=True)
+class ReadStats:
+    """The reader passes of one engine call (shared by the answers of that call)."""
+
+    pass_rows: tuple[int, ...]  # rows (question × block pairs) of each reader pass
+    tokens: int  # tokens of all rows, padding excluded
+    padded_tokens: int  # tokens the passes computed, padding included
+
+
 @dataclass
 class Answer:
     best: Candidate
     candidates: list[Candidate]  # best span of each block read, best first
+    # This request's share of each stage of its engine call (ms): embed/search/fetch split evenly over the
+    # batch's questions, read in proportion to the reader tokens of the question's rows (padding included).
     timings_ms: dict[str, float] = field(default_factory=dict)
     index_ref: str = ""  # the index version this answer came from ("" if the engine does not say)
+    read_stats: ReadStats | None = None  # the reader passes of the call that answered it (None: not said)
 
 
 @dataclass
@@ -187,12 +199,12 @@ class QAEngine:
 
     @torch.no_grad()
     def retrieve(self, queries: list[str], k: int) -> list[Retrieval]:
-        """Top-``k`` blocks of each query, best first."""
+        """Top-``k`` blocks of each query, best first; each query's timings are its share (1/len(queries))."""
         timings: dict[str, float] = {}
         with self._lock:
             found = self.retrieve_blocks(queries, k, timings)
             ref = self.index.ref
-        return [Retrieval(b, dict(timings), ref) for b in found]
+        return [Retrieval(b, {k: v / len(found) for k, v in timings.items()}, ref) for b in found]
 
     @torch.no_grad()
     def answer(self, questions: list[str], reader_beam_size: int) -> list[Answer]:
@@ -211,10 +223,14 @@ class QAEngine:
             batch = self.read(q_pieces, found)
             scale = self.model.reader.config.relevance_scale
             results = [self._answer(blocks, qa.answer(r, scale)) for blocks, r in zip(found, batch.readings)]
-            timings["read_ms"] = (time.perf_counter() - t0) * 1e3
+            read_ms = (time.perf_counter() - t0) * 1e3
             ref = self.index.ref
-        for a in results:
-            a.timings_ms, a.index_ref = dict(timings), ref
+        stats = ReadStats(tuple(batch.pass_rows), batch.tokens, batch.padded_tokens)
+        n = len(results)
+        for a, r in zip(results, batch.readings):
+            a.timings_ms = {k: v / n for k, v in timings.items()}
+            a.timings_ms["read_ms"] = read_ms * r.padded_tokens / max(batch.padded_tokens, 1)
+            a.index_ref, a.read_stats = ref, stats
         return results
 
     @torch.no_grad()

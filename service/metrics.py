@@ -12,7 +12,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.engine import Engine
+from service.engine import Engine, ReadStats
 
 # Buckets, chosen per stage from what each one costs (CPU figures from this project; GPU and large indexes
 # move the tails, and the wide ends keep those in range):
@@ -32,6 +32,9 @@ READ_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 2
 TOTAL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
 # - batch size: powers of two up to well past the default max_batch_size (32).
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# - rows per reader pass: one row is one (question, block) pair; a batch of 32 questions × reader beam 5 is
+#   160 rows, split into passes of rows of similar length (realm_core.qa.plan_passes).
+PASS_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 # Engine timing keys → stage names (service.engine's timings_ms).
 _STAGES = {"embed_ms": "embed", "search_ms": "search", "read_ms": "read"}
@@ -50,15 +53,21 @@ class Metrics:
         self.queue_wait = Histogram("realmqa_queue_wait_seconds", "time a request waited in the batch queue",
                                     buckets=QUEUE_BUCKETS, registry=r)
         self.stages = {
-            "embed": Histogram("realmqa_embed_duration_seconds", "question embedding time of the request's batch",
+            "embed": Histogram("realmqa_embed_duration_seconds", "the request's share of its batch's question "
+                               "embedding time",
                                ["model"], buckets=EMBED_BUCKETS, registry=r),
-            "search": Histogram("realmqa_search_duration_seconds", "MIPS time of the request's batch", ["model"],
-                                buckets=SEARCH_BUCKETS, registry=r),
-            "read": Histogram("realmqa_read_duration_seconds", "reader time of the request's batch", ["model"],
+            "search": Histogram("realmqa_search_duration_seconds", "the request's share of its batch's MIPS time",
+                                ["model"], buckets=SEARCH_BUCKETS, registry=r),
+            "read": Histogram("realmqa_read_duration_seconds", "the request's share of its batch's reader time "
+                              "(in proportion to its rows' reader tokens)", ["model"],
                               buckets=READ_BUCKETS, registry=r),
         }
         self.batch_size = Histogram("realmqa_batch_size", "requests per engine call", ["kind"],
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.reader_pass_rows = Histogram("realmqa_reader_pass_rows", "rows (question × block pairs) per reader "
+                                          "pass", ["model"], buckets=PASS_ROWS_BUCKETS, registry=r)
+        self.reader_tokens = Counter("realmqa_reader_tokens", "reader tokens computed, by kind (real: rows' own "
+                                      "tokens; padding)", ["model", "kind"], registry=r)
         self.queue_depth = Gauge("realmqa_queue_depth", "requests waiting in the batch queue", registry=r)
         self.rejected = Counter("realmqa_rejected_requests", "requests refused or dropped by the batcher",
                                 ["reason"], registry=r)
@@ -77,6 +86,13 @@ class Metrics:
                                   "build job (the index worker's progress files)", ["index", "job"], registry=r)
         self.index_version = Gauge("realmqa_index_version", "index version each loaded model version serves",
                                    ["model", "index"], registry=r)
+
+    def observe_read(self, model_ref: str, stats: ReadStats) -> None:
+        """One engine call's reader passes."""
+        for n in stats.pass_rows:
+            self.reader_pass_rows.labels(model_ref).observe(n)
+        self.reader_tokens.labels(model_ref, "real").inc(stats.tokens)
+        self.reader_tokens.labels(model_ref, "padding").inc(stats.padded_tokens - stats.tokens)
 
     def observe_stages(self, model_ref: str, timings_ms: dict[str, float]) -> None:
         for key, stage in _STAGES.items():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from index.version import open_version
 from realm_core.model_dir import load_model_dir
@@ -53,6 +54,24 @@ def test_batch_equals_one_at_a_time(engine: QAEngine) -> None:
         assert [x.block.id for x in rs.blocks] == [x.block.id for x in rb.blocks]
 
 
+def test_timings_are_each_requests_share(engine: QAEngine) -> None:
+    """Each answer carries its share of the batch's stages: embed/search split evenly, read in proportion to
+    the reader tokens of its rows (padding included), all from one set of reader passes."""
+    answers = engine.answer(QUESTIONS, 5)
+    stats = answers[0].read_stats
+    assert stats is not None and all(a.read_stats is stats for a in answers)
+    assert sum(stats.pass_rows) == 5 * len(QUESTIONS) and stats.tokens <= stats.padded_tokens
+    assert len({a.timings_ms["embed_ms"] for a in answers}) == 1
+    found = engine.retrieve(QUESTIONS, 5)
+    readings = engine.read(engine.question_pieces(QUESTIONS), [r.blocks for r in found]).readings
+    shares = [r.padded_tokens / stats.padded_tokens for r in readings]
+    assert sum(shares) == pytest.approx(1.0)
+    total = sum(a.timings_ms["read_ms"] for a in answers)
+    for a, share in zip(answers, shares, strict=True):
+        assert a.timings_ms["read_ms"] == pytest.approx(total * share)
+    assert len({round(s, 6) for s in shares}) > 1  # questions whose blocks differ in length pay differently
+
+
 def test_retrieval_finds_the_topic(engine: QAEngine) -> None:
     r = engine.retrieve(["Which NFL team won Super Bowl 50?", "Notre Dame Catholic character"], 3)
     assert r[0].blocks[0].block.id.startswith("dev/Super_Bowl_50/")
@@ -98,6 +117,15 @@ def test_http_path_on_real_engine(small_home: Path) -> None:
         assert len(scores) == 4 and scores == sorted(scores, reverse=True)
         r = c.post("/answer", json={"question": "why " * 100})
         assert r.status_code == 422 and r.json()["error"]["param"] == "question"
+        r = c.post("/answer", json={"question": "Where was Super Bowl 50 played?", "reader_beam_size": 3})
+        assert r.status_code == 200
+        metrics = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for fam in text_string_to_metric_families(c.get("/metrics").text) for s in fam.samples}
+    model = (("model", "minilm-squad/1"),)
+    # the two answers read 5 and 3 rows, each call in one or more passes (readiness checks are not counted)
+    assert metrics[("realmqa_reader_pass_rows_sum", model)] == 5 + 3
+    assert 2 <= metrics[("realmqa_reader_pass_rows_count", model)] <= 8
+    assert metrics[("realmqa_reader_tokens_total", (("kind", "real"), *model))] > 0
 
 
 def test_registry_without_index_and_without_build_fails_clearly(tmp_path: Path) -> None:
