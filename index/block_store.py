@@ -6,17 +6,34 @@ objects. Written in record batches by :class:`BlockStoreWriter`; read by :class:
 Columns: ``id``, ``title``, ``text`` (:data:`SCHEMA`), then any extra per-block columns a build adds
 (:data:`index.chunks.BLOCK_COLUMNS`, e.g. the reader's wordpieces); a store is valid when its first columns
 are :data:`SCHEMA`'s.
+
+**Reader wordpieces** (:class:`ReaderWordpieces`, registered in :data:`index.chunks.BLOCK_COLUMNS`): every
+build stores each block text's wordpieces under the model's reader tokenizer — ``reader_ids`` (list of
+uint16, or int32 for vocabularies over 65,536) and ``reader_offsets`` (list of int32, ``start, end`` character
+offsets per wordpiece, flattened) — so a request tokenises only its question. The columns' field metadata
+``tokenizer`` holds the tokenizer's content id (:attr:`realm_core.tokenizer.WordPieceTokenizer.content_id`):
+:meth:`BlockStore.get` fills :attr:`Block.pieces` only for a caller whose tokenizer has that id, and a store
+without the columns (versions built before them) leaves it None, so its blocks are tokenised on read.
+Cost: about 10 bytes per wordpiece on disk (a 16-bit id and two 32-bit offsets; page cache, memory-mapped).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from realm_core.model_spec import resolve_path
+from realm_core.tokenizer import Pieces, WordPieceTokenizer
+
+if TYPE_CHECKING:
+    from index.home import ModelVersion
+
 SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
+WORDPIECE_COLUMNS = ("reader_ids", "reader_offsets")
 
 
 @dataclass(frozen=True)
@@ -24,6 +41,31 @@ class Block:
     id: str
     title: str
     text: str
+    # the text's reader wordpieces as stored at build time (BlockStore.get with the matching tokenizer id)
+    pieces: Pieces | None = field(default=None, compare=False, repr=False)
+
+
+class ReaderWordpieces:
+    """The ``reader_ids`` / ``reader_offsets`` columns of a build (an :class:`index.chunks.BlockColumns`): each
+    block text's wordpieces under ``tokenizer``, keyed to its content id in the fields' metadata."""
+
+    def __init__(self, tokenizer: WordPieceTokenizer) -> None:
+        self.tokenizer = tokenizer
+        meta = {"tokenizer": tokenizer.content_id}
+        id_type = pa.uint16() if tokenizer.vocab_size <= 1 << 16 else pa.int32()
+        self.fields: Sequence[pa.Field] = [pa.field("reader_ids", pa.list_(id_type), metadata=meta),
+                       pa.field("reader_offsets", pa.list_(pa.int32()), metadata=meta)]
+
+    @classmethod
+    def for_model(cls, model: ModelVersion) -> ReaderWordpieces:
+        """The columns for a build with ``model``'s reader tokenizer (``model.json`` ``reader.tokenizer``)."""
+        return cls(WordPieceTokenizer.from_dir(resolve_path(model.root, model.spec.reader.tokenizer)))
+
+    def columns(self, blocks: Sequence[Block]) -> dict[str, pa.Array]:
+        pieces = self.tokenizer.pieces([b.text for b in blocks])
+        return {"reader_ids": pa.array([p.ids for p in pieces], type=self.fields[0].type),
+                "reader_offsets": pa.array([[x for o in p.offsets for x in o] for p in pieces],
+                                           type=self.fields[1].type)}
 
 
 class BlockStoreWriter:
@@ -85,8 +127,18 @@ class BlockStore:
     def __len__(self) -> int:
         return self._table.num_rows
 
-    def get(self, rows: Sequence[int]) -> list[Block]:
-        """Blocks at the given row numbers, in that order.
+    @property
+    def wordpieces_tokenizer(self) -> str | None:
+        """The content id of the tokenizer whose wordpieces the store keeps; None: no stored wordpieces."""
+        names = self._table.schema.names
+        if not all(c in names for c in WORDPIECE_COLUMNS):
+            return None
+        meta = self._table.schema.field("reader_ids").metadata or {}
+        return meta.get(b"tokenizer", b"").decode() or None
+
+    def get(self, rows: Sequence[int], tokenizer_id: str | None = None) -> list[Block]:
+        """Blocks at the given row numbers, in that order; with ``tokenizer_id`` equal to
+        :attr:`wordpieces_tokenizer`, each with its stored wordpieces (else ``pieces`` is None).
 
         Raises:
             IndexError: a row is outside ``[0, len)``.
@@ -97,7 +149,11 @@ class BlockStore:
                 raise IndexError(f"block row {r} outside [0, {n})")
         t = self._table.take(pa.array(list(rows), type=pa.int64()))
         ids, titles, texts = (t.column(c).to_pylist() for c in ("id", "title", "text"))
-        return [Block(i, ti, tx) for i, ti, tx in zip(ids, titles, texts)]
+        if tokenizer_id is None or tokenizer_id != self.wordpieces_tokenizer:
+            return [Block(i, ti, tx) for i, ti, tx in zip(ids, titles, texts)]
+        pids, offs = (t.column(c).to_pylist() for c in WORDPIECE_COLUMNS)
+        return [Block(i, ti, tx, Pieces(p, list(zip(o[::2], o[1::2]))))
+                for i, ti, tx, p, o in zip(ids, titles, texts, pids, offs)]
 
     @property
     def table(self) -> pa.Table:

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from index.block_store import SCHEMA, Block, BlockStoreWriter
+from index.block_store import SCHEMA, Block, BlockStoreWriter, ReaderWordpieces
 from index.home import ModelVersion
 from index.options import EXECUTORS
 
@@ -69,7 +69,9 @@ class BlockColumns(Protocol):
 
 
 # name → factory called with the model version being built; every registered one applies to every build.
-BLOCK_COLUMNS: dict[str, Callable[[ModelVersion], BlockColumns]] = {}
+BLOCK_COLUMNS: dict[str, Callable[[ModelVersion], BlockColumns]] = {
+    "reader_wordpieces": ReaderWordpieces.for_model,  # the reader reads stored wordpieces (index.block_store)
+}
 
 
 def block_columns(model: ModelVersion) -> list[BlockColumns]:

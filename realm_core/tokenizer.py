@@ -11,6 +11,7 @@ rule the ``tokenizers`` library applies for HF ``RealmRetriever.__call__``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,7 @@ class WordPieceTokenizer:
         tokenizer.no_truncation()
         tokenizer.no_padding()
         self._tok = tokenizer
+        self._content_id: str | None = None
         ids: dict[str, int] = {}
         for t in ("[CLS]", "[SEP]", "[PAD]"):
             i = tokenizer.token_to_id(t)
@@ -145,6 +147,19 @@ class WordPieceTokenizer:
             bert = BertWordPieceTokenizer(str(path / "vocab.txt"), lowercase=lowercase)
             return cls(bert._tokenizer)
         raise FileNotFoundError(f"no tokenizer.json or vocab.txt in {path}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    @property
+    def content_id(self) -> str:
+        """sha256 of the tokenizer's full definition (``Tokenizer.to_str``: vocabulary, normaliser,
+        pre-tokeniser, model settings); wordpieces stored at index build time are
+        keyed to it."""
+        if self._content_id is None:
+            self._content_id = hashlib.sha256(self._tok.to_str().encode()).hexdigest()
+        return self._content_id
 
     def save(self, path: str | Path) -> None:
         """Write ``tokenizer.json`` into the directory ``path``."""

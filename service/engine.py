@@ -181,16 +181,19 @@ class QAEngine:
             raise InvalidInput(f"{param} has no wordpieces (only blank, control or zero-width characters)",
                                param=param)
 
-    def retrieve_blocks(self, queries: list[str], k: int, timings: dict[str, float]) -> list[list[ScoredBlock]]:
+    def retrieve_blocks(self, queries: list[str], k: int, timings: dict[str, float], pieces: bool = False,
+                        ) -> list[list[ScoredBlock]]:
         """The retrieval step (call under the lock): embed the queries, MIPS over the served index, fetch
-        the top ``k`` blocks of each, best first. Adds ``embed_ms``, ``search_ms``, ``fetch_ms`` to ``timings``."""
+        the top ``k`` blocks of each, best first, with ``pieces`` their reader wordpieces where the block store
+        keeps them for this model's reader tokenizer. Adds ``embed_ms``, ``search_ms``, ``fetch_ms`` to
+        ``timings``."""
         t0 = time.perf_counter()
         xq = embed_texts(self.model.query, queries).numpy()
         t1 = time.perf_counter()
         D, I = search(self._searcher[0], xq, k)
         t2 = time.perf_counter()
         rows = [int(r) for r in I.ravel() if r >= 0]
-        blocks = iter(self.index.blocks.get(rows))
+        blocks = iter(self.index.blocks.get(rows, self.model.reader_tokenizer.content_id if pieces else None))
         out = [[ScoredBlock(next(blocks), float(d), rank + 1) for rank, (d, r) in enumerate(zip(Ds, Is)) if r >= 0]
                for Ds, Is in zip(D, I)]
         timings.update(embed_ms=(t1 - t0) * 1e3, search_ms=(t2 - t1) * 1e3,
@@ -218,7 +221,7 @@ class QAEngine:
         q_pieces = self.question_pieces(questions)
         timings: dict[str, float] = {}
         with self._lock:
-            found = self.retrieve_blocks(questions, reader_beam_size, timings)
+            found = self.retrieve_blocks(questions, reader_beam_size, timings, pieces=True)
             t0 = time.perf_counter()
             batch = self.read(q_pieces, found)
             scale = self.model.reader.config.relevance_scale
@@ -236,10 +239,11 @@ class QAEngine:
     @torch.no_grad()
     def read(self, questions: list[Pieces], found: list[list[ScoredBlock]]) -> qa.BatchReading:
         """Score every span of every question's blocks in length-grouped reader passes of at most
-        ``max_pass_tokens`` padded tokens, with the model's reader-input rules (HF ``RealmRetriever.__call__``,
+        ``max_pass_tokens`` padded tokens (blocks without stored wordpieces are tokenised here), with the
+        model's reader-input rules (HF ``RealmRetriever.__call__``,
         ``RealmForOpenQA.forward``'s ``block_mask``, ``RealmReader.forward``)."""
         m = self.model
-        beams = [[qa.BeamBlock(b.block.text, b.score) for b in blocks] for blocks in found]
+        beams = [[qa.BeamBlock(b.block.text, b.score, b.block.pieces) for b in blocks] for blocks in found]
         return qa.read_beams(m.reader, m.reader_tokenizer, questions, beams, m.reader_seq_len,
                              m.reader_truncation, self.max_pass_tokens)
 
