@@ -1,5 +1,6 @@
 """Evaluate every PromQL query of the Grafana dashboard against a running Prometheus, as Grafana would
-(``$__rate_interval`` → ``1m``, ``$instance`` → ``.*``), and report how many series each returns.
+(``$__rate_interval`` → ``1m``, ``$instance`` → ``.*``), and report how many series each returns; the
+template variables' ``label_values(metric, label)`` queries are asked of the label values API.
 
     python -m tests.deploy.dashboard --prometheus http://127.0.0.1:9090 [--dashboard FILE]
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,24 @@ def panel_queries(dashboard: dict) -> list[PanelQuery]:
     return out
 
 
+def variable_queries(dashboard: dict) -> list[PanelQuery]:
+    """The template variables' ``label_values(metric, label)`` queries, as ``PanelQuery("$name", label, metric)``.
+
+    Raises:
+        ValueError: a query variable's query is not ``label_values(metric, label)``.
+    """
+    out = []
+    for v in dashboard.get("templating", {}).get("list", []):
+        if v.get("type") != "query":
+            continue
+        q = v["query"] if isinstance(v["query"], str) else v["query"].get("query", "")
+        m = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", q.strip())
+        if not m:
+            raise ValueError(f"variable {v['name']!r}: cannot check query {q!r}")
+        out.append(PanelQuery("$" + v["name"], m.group(2), m.group(1)))
+    return out
+
+
 def substitute(expr: str) -> str:
     for name, value in sorted(VARIABLES.items(), key=lambda kv: -len(kv[0])):
         expr = expr.replace(name, value)
@@ -77,6 +97,11 @@ def evaluate(prometheus_url: str, dashboard: dict, timeout_s: float = 10.0) -> l
                 results.append(QueryResult(q, 0, body.get("error", f"HTTP {r.status_code}")))
                 continue
             results.append(QueryResult(q, len(body["data"]["result"]), None))
+        for q in variable_queries(dashboard):
+            r = client.get(f"/api/v1/label/{q.ref}/values", params={"match[]": q.expr})
+            body = r.json()
+            ok = r.status_code == 200 and body.get("status") == "success"
+            results.append(QueryResult(q, len(body["data"]) if ok else 0, None if ok else f"HTTP {r.status_code}"))
     return results
 
 

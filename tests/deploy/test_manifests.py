@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from service.metrics import Metrics
-from tests.deploy.dashboard import DASHBOARD, panel_queries
+from tests.deploy.dashboard import DASHBOARD, panel_queries, variable_queries
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -141,6 +141,7 @@ def test_dashboard_model_and_grafana_provisioning_agree() -> None:
     ids = [p["id"] for p in dash["panels"] if "id" in p]
     assert len(ids) == len(dash["panels"]) == len(set(ids)), "every panel needs its own id"
     assert dash["uid"] and dash["title"]
+    assert [q.panel for q in variable_queries(dash)] == ["$instance"]  # checkable against a Prometheus
     sources = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"]
     assert [s["type"] for s in sources if s.get("isDefault")] == ["prometheus"]
     ds_var = next(v for v in dash["templating"]["list"] if v["type"] == "datasource")
