@@ -52,7 +52,7 @@ class BuildJob:
     model: str  # model name or name/version whose block embedder embeds
     corpus: str  # JSON Lines corpus path, as the worker sees it
     factory: str = "Flat"  # faiss index_factory string
-    executor: str = "local"  # one of EXECUTORS
+    executor: str | None = None  # one of EXECUTORS; None: the worker's (setting index_executor)
     attempts: int = 0  # claims so far
 
     @classmethod
@@ -64,7 +64,7 @@ class BuildJob:
             if not isinstance(d.get(f), str) or not d[f]:
                 raise JobError(f"field {f!r} must be a non-empty string")
         for f in ("factory", "executor"):
-            if f in d and not isinstance(d[f], str):
+            if f in d and not isinstance(d[f], str) and not (f == "executor" and d[f] is None):
                 raise JobError(f"field {f!r} must be a string")
         if not isinstance(d.get("attempts", 0), int):
             raise JobError("field 'attempts' must be an integer")
@@ -79,7 +79,7 @@ class BuildJob:
             BuildOptions(factory=job.factory).check()
         except ValueError as e:
             raise JobError(str(e)) from None
-        if job.executor not in EXECUTORS:
+        if job.executor is not None and job.executor not in EXECUTORS:
             raise JobError(f"field 'executor' must be one of {list(EXECUTORS)}, got {job.executor!r}")
         return job
 
@@ -97,7 +97,7 @@ class BuildJob:
 
 
 def submit_job(home: Home, index: str, model: str, corpus: str, factory: str = "Flat",
-               executor: str = "local") -> BuildJob:
+               executor: str | None = None) -> BuildJob:
     """Write a build job into ``jobs/`` atomically (a worker never sees half a job file).
 
     Raises:

@@ -60,5 +60,6 @@ class WorkerOptions:
     poll_s: float = 1.0  # how often the jobs directory is looked at, s
     max_attempts: int = 3  # claims of one job (its workers dying) before it is filed as failed
     device: str | None = None  # torch device the local executor embeds on (None: the CPU)
+    executor: str = "local"  # the executor of jobs that name none (one of EXECUTORS)
     service_url: str | None = None  # POST .../activate there after publishing (with admin_token)
     admin_token: str | None = None

@@ -55,7 +55,7 @@ def run_job(home: Home, job: BuildJob, opts: WorkerOptions) -> Manifest:
         model = home.model_version(job.model)
     options = dataclasses.replace(opts.build, factory=job.factory)
     return build_and_publish(home, corpus_request(job.index, model, job.corpus), options,
-                             make_executor(job.executor, opts.device), work)
+                             make_executor(job.executor or opts.executor, opts.device), work)
 
 
 def notify_service(url: str, token: str | None, name: str, version: int) -> None:

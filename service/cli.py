@@ -40,6 +40,7 @@ _METAVARS = {"<class 'int'>": "N", "<class 'float'>": "X", "<class 'bool'>": "BO
 
 INDEX_SETTINGS = ("home", "nprobe", "ef_search",
                   *(n for n in Settings.model_fields if n.startswith("index_") and n != "index_poll_interval_s"))
+FLAG_ALIASES = {"index_executor": ("--executor",)}  # shorter flags of some settings
 WORKER_SETTINGS = (*INDEX_SETTINGS, *(n for n in Settings.model_fields if n.startswith("worker_")))
 
 
@@ -52,7 +53,8 @@ def _add_setting_flags(p: argparse.ArgumentParser, names: tuple[str, ...] | None
         if name in NO_FLAG or (names is not None and name not in names):
             continue
         default = f.default if f.default is not None else "none"
-        g.add_argument("--" + name.replace("_", "-"), dest=name, metavar=_METAVARS.get(str(f.annotation), "TEXT"),
+        g.add_argument("--" + name.replace("_", "-"), *FLAG_ALIASES.get(name, ()), dest=name,
+                       metavar=_METAVARS.get(str(f.annotation), "TEXT"),
                        help=f"{f.description} (env {env_name(name)}, default {default})")
 
 
@@ -102,9 +104,9 @@ def cmd_index_build(a: argparse.Namespace) -> None:
         home.resolve_model(a.model)
         options = dataclasses.replace(build_options(settings, a.factory), progress_bar=True)
         options.check()
-    except (LookupError, ValueError) as e:
+        executor = make_executor(settings.index_executor, index_device(settings))
+    except (LookupError, ValueError, ImportError) as e:  # ImportError: an executor's extra is not installed
         raise SystemExit(f"realmqa: {e}") from None
-    executor = make_executor(settings.index_executor, index_device(settings))
     print(build_from_corpus(home, a.index, a.model, a.corpus, options, executor).ref)
 
 

@@ -212,4 +212,5 @@ def worker_options(settings: Settings) -> WorkerOptions:
     secret = settings.admin_token.get_secret_value() if settings.admin_token else None
     return WorkerOptions(build=build_options(settings), poll_s=settings.worker_poll_s,
                          max_attempts=settings.worker_max_attempts, device=index_device(settings),
+                         executor=settings.index_executor,
                          service_url=settings.worker_service_url, admin_token=secret)

@@ -11,13 +11,26 @@ import pytest
 
 from index.ray_embed import RayExecutor, RayNotInstalled, RayOptions, import_ray
 from realm_core.model_dir import embed_texts, load_model_dir
-from tests.service.tiny_home import questions, write_model
+from tests.service.tiny_home import questions, write_corpus, write_model
 
 
 def test_without_ray_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
     with pytest.raises(RayNotInstalled, match=r"pip install 'realmqa\[ray\]'"):
         import_ray()
+
+
+def test_a_ray_build_without_ray_stops_at_once_naming_the_extra(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    from service.cli import main
+
+    write_model(tmp_path / "models" / "tiny" / "1")
+    write_corpus(tmp_path / "corpus.jsonl", 5)
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(SystemExit, match=r"ray executor needs Ray Data.*pip install 'realmqa\[ray\]'"):
+        main(["index", "build", "--home", str(tmp_path), "--model", "tiny", "--corpus", str(tmp_path / "corpus.jsonl"),
+              "--index", "tiny", "--executor", "ray"])
+    assert not (tmp_path / "indexes" / "tiny").exists() or not any((tmp_path / "indexes" / "tiny").iterdir())
 
 
 @pytest.mark.ray
