@@ -9,13 +9,19 @@ entry (hidden staging and work directories, ``²``, ``01``) is never a version.
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from realm_core.model_spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 VERSION_RE = re.compile(r"[1-9][0-9]{0,17}")  # ASCII only: str.isdigit() also accepts "²" and "١"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -151,22 +157,50 @@ class Home:
     def index_dir(self, name: str, version: int) -> Path:
         return self.index_parent(name) / str(version)
 
-    def new_index_staging(self, name: str) -> Path:
-        """A fresh hidden ``.staging-*`` directory beside the versions of index ``name`` (readable by all)."""
-        parent = self.index_parent(name)
-        parent.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(dir=parent, prefix=".staging-"))
-        path.chmod(0o755)  # mkdtemp makes it private; a published version is readable by all
-        return path
-
-    def work_dir(self, index: str, key: str) -> Path:
-        """The hidden work directory of one build (chunk files, progress): ``indexes/<index>/.work-<key>``."""
-        return self.index_parent(index) / f".work-{key}"
-
-    def new_work_dir(self, index: str) -> Path:
+    def new_scratch(self, index: str, kind: str) -> Scratch:
+        """A fresh hidden directory beside the versions of ``index`` (readable by all), ``kind`` ``"staging"``
+        (a version being written) or ``"work"`` (a build's chunk files), held alive by a lock (:class:`Scratch`)."""
+        assert kind in ("staging", "work")
         parent = self.index_parent(index)
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=parent, prefix=".work-"))
+        fd, lock = tempfile.mkstemp(dir=parent, prefix=f".{kind}-", suffix=".lock")
+        fcntl.flock(fd, fcntl.LOCK_EX)  # before the directory exists: a cleaner never sees it unlocked
+        path = Path(lock[: -len(".lock")])
+        path.mkdir(mode=0o755)
+        path.chmod(0o755)
+        return Scratch(path, fd)
+
+    def work_dir(self, index: str, key: str) -> Path:
+        """The hidden, resumable work directory of build job ``key``: ``indexes/<index>/.work-<key>``."""
+        return self.index_parent(index) / f".work-{key}"
+
+    def remove_dead_scratch(self, live_job: Callable[[str], bool]) -> list[Path]:
+        """Remove the hidden staging and work directories that no live process holds (their builder died):
+        a :class:`Scratch` whose lock can be taken, or a job work directory ``.work-<id>`` of no queued or
+        running job (``live_job(id)`` false: a running job whose worker died is resumed from it). Returns
+        what was removed."""
+        removed = []
+        for name in self.index_names():
+            parent = self.index_parent(name)
+            for p in sorted(parent.iterdir()):
+                if not (p.name.startswith((".staging-", ".work-")) and p.is_dir()):
+                    continue
+                lock = p.with_name(p.name + ".lock")
+                if lock.exists():
+                    fd = os.open(lock, os.O_RDWR)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # its builder is alive
+                    finally:
+                        os.close(fd)
+                elif p.name.startswith(".work-") and live_job(p.name[len(".work-"):]):
+                    continue
+                log.warning("removing %s, left by a build that died", p)
+                remove_tree(p)
+                lock.unlink(missing_ok=True)
+                removed.append(p)
+        return removed
 
     @property
     def pins_path(self) -> Path:
@@ -180,3 +214,20 @@ class Home:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+class Scratch:
+    """A hidden directory this process writes, with the ``flock`` on ``<path>.lock`` that tells
+    :meth:`Home.remove_dead_scratch` its builder is alive (the kernel drops it when the process dies)."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self._fd = path, fd
+
+    def release(self) -> None:
+        """Remove the directory (if it was not renamed into place meanwhile) and its lock."""
+        if self._fd < 0:
+            return
+        remove_tree(self.path)
+        self.path.with_name(self.path.name + ".lock").unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = -1

@@ -114,6 +114,11 @@ def job_work_dir(home: Home, job: BuildJob) -> Path:
     return home.work_dir(job.index, job.id)
 
 
+def is_pending(home: Home, job_id: str) -> bool:
+    """Whether job ``job_id`` is queued or running (its work directory may still be resumed)."""
+    return any((d / f"{job_id}.json").exists() for d in (home.jobs_dir, home.jobs_dir / "running"))
+
+
 class Claim:
     """A job this process runs: its running file and the lock that says so (released by :meth:`file`)."""
 

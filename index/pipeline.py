@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +131,8 @@ def _start(work: Path, identity: dict[str, Any]) -> dict[str, Any]:
         remove_tree(work)
     work.mkdir(parents=True, exist_ok=True)
     if not progress:
-        progress = {**identity, "block_chunks": [], "blocks_done": False, "embedded": [], "runs": []}
+        progress = {**identity, "build_id": uuid.uuid4().hex, "block_chunks": [], "blocks_done": False,
+                    "embedded": [], "runs": []}
         _save(work, progress)
     return progress
 
@@ -148,13 +150,12 @@ def build_and_publish(home: Home, request: BuildRequest, options: BuildOptions, 
         index.version.IndexVersionError: the staged version fails validation or could not be published.
     """
     options.check()
-    own_work = work is None
-    work = home.new_work_dir(request.index) if work is None else work
+    scratch = home.new_scratch(request.index, "work") if work is None else None
     try:
-        return _run(home, request, options, executor, work)
+        return _run(home, request, options, executor, scratch.path if scratch else work)  # type: ignore[arg-type]
     finally:
-        if own_work:
-            remove_tree(work)
+        if scratch is not None:
+            scratch.release()
 
 
 def _run(home: Home, request: BuildRequest, options: BuildOptions, executor: EmbedExecutor, work: Path) -> Manifest:
@@ -162,9 +163,9 @@ def _run(home: Home, request: BuildRequest, options: BuildOptions, executor: Emb
     identity = {"model": model.ref, "embedder_id": model.embedder_id, "chunk_blocks": options.chunk_blocks,
                 "source": request.source_stamp}
     progress = _start(work, identity)
-    published = progress.get("published")
+    published = _published(home, request.index, progress)
     if published is not None:  # killed after publishing: never publish twice
-        return Manifest.read(version_files(home.index_dir(request.index, int(published))).manifest)
+        return published
     columns = block_columns(model)
     if not progress["blocks_done"]:
         if progress["block_chunks"]:
@@ -192,12 +193,27 @@ def _run(home: Home, request: BuildRequest, options: BuildOptions, executor: Emb
     _, I = index.search(np.ascontiguousarray(xbs[0][:1], dtype=np.float32), 1)
     if I[0, 0] < 0:
         raise ValueError("smoke search: a stored block embedding found no block")
-    extra.update(chunks=len(chunks), embedding_runs=progress["runs"], **request.extra)
+    extra.update(chunks=len(chunks), embedding_runs=progress["runs"], build_id=progress["build_id"], **request.extra)
     m = _publish(home, request, options, chunks, index, extra, store_schema(columns))
     progress["published"] = m.version
     _save(work, progress)
     log.info("published index %s (%d blocks, %s)", m.ref, m.count, m.factory)
     return m
+
+
+def _published(home: Home, index: str, progress: dict[str, Any]) -> Manifest | None:
+    """The version this build already published: recorded in its progress, or (killed between the rename and
+    recording it) the one whose manifest carries its ``build_id``."""
+    if progress.get("published") is not None:
+        return Manifest.read(version_files(home.index_dir(index, int(progress["published"]))).manifest)
+    for v in reversed(home.index_versions(index)):
+        try:
+            m = Manifest.read(version_files(home.index_dir(index, v)).manifest)
+        except ValueError:  # an unreadable version is not this build's
+            continue
+        if m.extra.get("build_id") == progress["build_id"]:
+            return m
+    return None
 
 
 def _embed(request: BuildRequest, options: BuildOptions, executor: EmbedExecutor, work: Path,
@@ -234,7 +250,8 @@ def _embed(request: BuildRequest, options: BuildOptions, executor: EmbedExecutor
 
 def _publish(home: Home, request: BuildRequest, options: BuildOptions, chunks: list[Chunk], index: faiss.Index,
              extra: dict[str, Any], schema: pa.Schema) -> Manifest:
-    staging = home.new_index_staging(request.index)
+    scratch = home.new_scratch(request.index, "staging")
+    staging = scratch.path
     files = version_files(staging)
     try:
         with BlockStoreWriter(files.blocks, schema=schema) as store:
@@ -256,9 +273,8 @@ def _publish(home: Home, request: BuildRequest, options: BuildOptions, chunks: l
             name=request.index, embedder=model.ref, embedder_id=model.embedder_id, dim=index.d, count=count,
             metric="inner_product", factory=options.factory, block_max_tokens=model.spec.block_max_tokens,
             corpus=request.corpus, extra=extra, parts=parts), options.publish_tries)
-    except BaseException:
-        remove_tree(staging)
-        raise
+    finally:
+        scratch.release()  # after a publish the directory is the version: only the lock is removed
 
 
 def build_from_corpus(home: Home, index: str, model_ref: str, corpus: str | Path,

@@ -24,6 +24,7 @@ from index.jobs import (
     JobError,
     claim_next,
     ensure_dirs,
+    is_pending,
     job_work_dir,
     malformed_record,
     start_attempt,
@@ -86,7 +87,9 @@ class IndexWorker:
         self._stop.set()
 
     def run_once(self) -> bool:
-        """Run one job; False when there was none to claim."""
+        """Run one job; False when there was none to claim. Staging and work directories of builds that died
+        are removed first."""
+        self.home.remove_dead_scratch(lambda job_id: is_pending(self.home, job_id))
         claim = claim_next(self.home)
         if claim is None:
             return False

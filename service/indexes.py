@@ -13,13 +13,17 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from index.faiss_index import set_search_params
-from index.home import Home
+from index.home import Home, parse_version
 from index.jobs import JobError, submit_job
 from index.options import SearchParams
 from index.version import IndexVersion, IndexVersionError, Manifest, list_versions, open_version, version_files
 from service.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from service.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,37 @@ def open_index(home: Home, name: str, version: int, params: SearchParams) -> Ind
         iv.manifest = dataclasses.replace(iv.manifest, embedder_id=embedder_id_of(home, iv.manifest))
     set_search_params(iv.index, params.nprobe, params.ef_search)
     return iv
+
+
+@dataclass
+class IndexInfo:
+    name: str
+    version: int
+    embedder: str  # model ref whose block embedder built it ("" when not on disk)
+    blocks: int
+    created_at: str
+    served_by: list[str]  # model refs serving it
+    state: str = "ok"  # "ok" | "unreadable" (its manifest cannot be read)
+    error: str | None = None  # why, when unreadable
+
+
+def describe_indexes(home: Path | Home, served: list[Engine]) -> list[IndexInfo]:
+    """Every index version in the home (an unreadable one with its error), and any served one not there,
+    with the models serving each."""
+    by_index: dict[str, list[Engine]] = {}
+    for e in served:
+        by_index.setdefault(e.index_ref, []).append(e)
+    out = []
+    for entry in index_entries(home if isinstance(home, Home) else Home(home)):
+        m = entry.manifest
+        users = [e.model_ref for e in by_index.pop(entry.ref, [])]
+        out.append(IndexInfo(entry.name, entry.version, m.embedder, m.count, m.created_at, users) if m is not None
+                   else IndexInfo(entry.name, entry.version, "", 0, "", users, "unreadable", entry.error))
+    for ref, engines in by_index.items():
+        name, _, v = ref.partition("/")
+        version = parse_version(v) or 0
+        out.append(IndexInfo(name, version, "", engines[0].block_count, "", [e.model_ref for e in engines]))
+    return sorted(out, key=lambda i: (i.name, i.version))
 
 
 def enqueue_build(home: Home, index: str, model: str, corpus: str, factory: str) -> str:

@@ -35,14 +35,16 @@ from realm_core.model_dir import load_model_dir
 from realm_core.model_spec import resolve_path
 from service.engine import Engine, QAEngine
 from service.errors import IndexRejected, LoadFailed, NotFound
-from service.indexes import enqueue_build as _enqueue_build
 from service.indexes import (
+    IndexInfo,
+    describe_indexes,
     find_indexes,
     index_entries,
     model_embedder_id,
     open_index,
     serves,
 )
+from service.indexes import enqueue_build as _enqueue_build
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 # that "name" resolves to changed) with a model ref; "index_swap" ("success" | "failure") with an index ref.
 Observer = Callable[[str, str, str], None]
 
-__all__ = ["Registry", "SearchParams", "VersionInfo", "describe_indexes", "enqueue_build", "find_index",
+__all__ = ["IndexInfo", "Registry", "SearchParams", "VersionInfo", "describe_indexes", "enqueue_build", "find_index",
            "load_engine", "model_versions", "split_ref"]
 
 
@@ -366,36 +368,6 @@ class Registry:
     def _notify(self, event: str, ref: str, result: str) -> None:
         for f in self.observers:
             f(event, ref, result)
-
-
-@dataclass
-class IndexInfo:
-    name: str
-    version: int
-    embedder: str  # model ref whose block embedder built it ("" when not on disk)
-    blocks: int
-    created_at: str
-    served_by: list[str]  # model refs serving it
-    state: str = "ok"  # "ok" | "unreadable" (its manifest cannot be read)
-    error: str | None = None  # why, when unreadable
-
-
-def describe_indexes(home: Path | Home, served: list[Engine]) -> list[IndexInfo]:
-    """Every index version in the home (an unreadable one with its error), and any served one not there,
-    with the models serving each."""
-    by_index: dict[str, list[Engine]] = {}
-    for e in served:
-        by_index.setdefault(e.index_ref, []).append(e)
-    out = []
-    for entry in index_entries(_home(home)):
-        m = entry.manifest
-        users = [e.model_ref for e in by_index.pop(entry.ref, [])]
-        out.append(IndexInfo(entry.name, entry.version, m.embedder, m.count, m.created_at, users) if m is not None
-                   else IndexInfo(entry.name, entry.version, "", 0, "", users, "unreadable", entry.error))
-    for ref, engines in by_index.items():
-        name, version = split_ref(ref)
-        out.append(IndexInfo(name, version or 0, "", engines[0].block_count, "", [e.model_ref for e in engines]))
-    return sorted(out, key=lambda i: (i.name, i.version))
 
 
 def enqueue_build(home: Path | Home, index: str, model: str, corpus: str, factory: str) -> str:

@@ -138,6 +138,8 @@ class IndexVersionOut(BaseModel):
     blocks: int
     created_at: str
     served_by: list[str] = Field(description="model versions serving this index version")
+    state: str = Field("ok", description="ok, or unreadable: its manifest cannot be read (error says why)")
+    error: str | None = Field(None, description="why the version is unreadable")
 
 
 class IndexOut(BaseModel):

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
                                      description="version numbers a publish tries before it gives up")
     index_chunk_pause_s: float = Field(BuildOptions.chunk_pause_s, ge=0,
                                        description="sleep after each embedded chunk, s (throttle on a shared machine)")
+    index_parts: str = Field("", description="extra parts of each built version, comma-separated names of "
+                                             "index.pipeline.PART_BUILDERS (e.g. a sparse index)")
     index_executor: str = Field("local", description=f"who embeds build chunks: one of {sorted(EXECUTORS)}")
     index_device: str = Field("auto", description="torch device builds embed on: auto (cuda when torch sees "
                                                   "a GPU, else cpu), cpu, cuda, cuda:N")
@@ -196,7 +198,8 @@ def build_options(settings: Settings, factory: str = "Flat") -> BuildOptions:
     return BuildOptions(factory=factory, chunk_blocks=settings.index_chunk_blocks,
                         batch_size=settings.index_batch_size, train_sample=settings.index_train_sample,
                         search=SearchParams(settings.nprobe, settings.ef_search),
-                        chunk_pause_s=settings.index_chunk_pause_s, publish_tries=settings.index_publish_tries)
+                        chunk_pause_s=settings.index_chunk_pause_s, publish_tries=settings.index_publish_tries,
+                        parts=tuple(p.strip() for p in settings.index_parts.split(",") if p.strip()))
 
 
 def index_device(settings: Settings) -> str:

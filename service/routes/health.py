@@ -34,5 +34,6 @@ async def readyz(registry: RegistryDep) -> dict[str, object]:
     200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
     **error_responses()})
 async def metrics(metrics: MetricsDep, registry: RegistryDep, batcher: BatcherDep, settings: SettingsDep) -> Response:
-    builds = tuple((b.index, b.job, b.blocks) for b in running_builds(Home(settings.home)))
+    running = await run_in_threadpool(running_builds, Home(settings.home))  # reads job and progress files
+    builds = tuple((b.index, b.job, b.blocks) for b in running)
     return Response(metrics.render(registry.served(), batcher.depth(), builds), media_type=CONTENT_TYPE_LATEST)

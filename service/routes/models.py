@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 
 from service.deps import RegistryDep, SettingsDep
 from service.registry import describe_indexes
@@ -32,7 +33,9 @@ async def list_models(registry: RegistryDep) -> ModelsResponse:
 @router.get("/v1/indexes", response_model=IndexesResponse, responses=error_responses())
 async def list_indexes(settings: SettingsDep, registry: RegistryDep) -> IndexesResponse:
     by_name: dict[str, list[IndexVersionOut]] = {}
-    for i in describe_indexes(settings.home, registry.served()):
+    found = await run_in_threadpool(describe_indexes, settings.home, registry.served())  # reads manifests
+    for i in found:
         by_name.setdefault(i.name, []).append(IndexVersionOut(
-            version=i.version, embedder=i.embedder, blocks=i.blocks, created_at=i.created_at, served_by=i.served_by))
+            version=i.version, embedder=i.embedder, blocks=i.blocks, created_at=i.created_at, served_by=i.served_by,
+            state=i.state, error=i.error))
     return IndexesResponse(indexes=[IndexOut(name=n, versions=vs) for n, vs in by_name.items()])

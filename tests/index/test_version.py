@@ -176,3 +176,19 @@ def test_missing_manifest_is_refused(small_home: Path, tmp_path: Path) -> None:
     version_files(indexes / "small" / "1").manifest.unlink()
     with pytest.raises(IndexVersionError, match="missing"):
         open_version(indexes, "small", 1)
+
+
+def test_cli_verify_rehashes_every_file(small_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    indexes = _copy_version(small_home, tmp_path)
+    (tmp_path / "models").mkdir()
+    main(["index", "verify", "--home", str(tmp_path), "--index", "small"])
+    assert "small/1: ok" in capsys.readouterr().out
+    f = version_files(indexes / "small" / "1").faiss_index
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(SystemExit) as e:
+        main(["index", "verify", "--home", str(tmp_path), "--index", "small/1"])
+    assert e.value.code == 1 and "does not match its checksum" in capsys.readouterr().out
