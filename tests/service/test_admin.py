@@ -112,7 +112,7 @@ def test_real_failing_load_on_disk_keeps_serving(tmp_path: Path) -> None:
         assert indexes == [{"name": "tiny", "versions": [{
             "version": 1, "embedder": "tiny/1", "blocks": 20,
             "created_at": json.loads((home / "indexes/tiny/1/manifest.json").read_text())["created_at"],
-            "served_by": ["tiny/1"]}]}]
+            "served_by": ["tiny/1"], "state": "ok", "error": None}]}]
 
 
 def test_default_model_must_be_loaded(tmp_path: Path) -> None:
