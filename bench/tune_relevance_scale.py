@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from index.home import Home
 from index.version import open_version
 from realm_core import qa
 from realm_core.evaluation import exact_match, f1_score
@@ -37,10 +38,10 @@ def main() -> None:
 
     home = Path(a.home)
     v = model_versions(home, a.model)[-1]
-    model = load_model_dir(home / "models" / a.model / str(v), a.model, v)
+    model = load_model_dir(Home(home).model_dir(a.model, v), a.model, v)
     found = find_index(home, model.ref)
     assert found is not None
-    engine = QAEngine(model, open_version(home / "indexes", *found))
+    engine = QAEngine(model, open_version(Home(home).indexes_dir, *found))
     qs = load_questions(a.questions)[: a.limit]
     scales = [float(s) for s in a.scales.split(",")]
     em = dict.fromkeys(scales, 0.0)

@@ -180,10 +180,7 @@ def validate(root: Path, m: Manifest, full: bool = False) -> tuple[faiss.Index, 
                 raise IndexVersionError(f"{f} has {f.stat().st_size} bytes, the manifest says {m.sizes.get(rel)}")
         elif sha256_file(f) != digest:
             raise IndexVersionError(f"{f} does not match its checksum in the manifest")
-    try:
-        index = faiss.read_index(str(files.faiss_index), faiss.IO_FLAG_MMAP)
-    except RuntimeError as e:
-        raise IndexVersionError(f"{files.faiss_index} cannot be read: {str(e).splitlines()[0]}") from None
+    index = read_mapped(files.faiss_index)
     try:
         blocks = BlockStore(files.blocks)
     except Exception as e:  # pyarrow raises several types for a damaged file
@@ -195,6 +192,29 @@ def validate(root: Path, m: Manifest, full: bool = False) -> tuple[faiss.Index, 
             f"{root}: manifest says {m.count} blocks of dim {m.dim}, index has {index.ntotal} of dim {index.d}, "
             f"block store has {n}")
     return index, blocks
+
+
+def read_mapped(path: Path) -> faiss.Index:
+    """A FAISS index file opened through a memory map where faiss can (flat codes, HNSW storage, inverted
+    lists): opening costs no read, pages come from the page cache as searches touch them (and can be evicted),
+    and the kernel is asked to read the file ahead sequentially. The index must not be modified.
+
+    Raises:
+        IndexVersionError: faiss cannot read the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)  # sequential read-ahead, asynchronous
+    except OSError:
+        pass  # advice only
+    last: RuntimeError | None = None
+    # IO_FLAG_MMAP_IFC maps flat codes (Flat, HNSW storage); IVF kinds refuse it with IO_FLAG_MMAP
+    for flags in (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC, faiss.IO_FLAG_MMAP):
+        try:
+            return faiss.read_index(str(path), flags)
+        except RuntimeError as e:
+            last = e
+    raise IndexVersionError(f"{path} cannot be read: {str(last).splitlines()[0]}") from None
 
 
 @dataclass

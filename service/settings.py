@@ -22,6 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from index.home import Home
 from index.options import EXECUTORS, BuildOptions, SearchParams, WorkerOptions
 
 BUNDLED_HOME = Path(__file__).resolve().parent / "default"
@@ -117,7 +118,7 @@ class Settings(BaseSettings):
     @field_validator("home")
     @classmethod
     def _home_exists(cls, v: Path) -> Path:
-        if not (v / "models").is_dir():
+        if not Home(v).models_dir.is_dir():
             raise ValueError(f"REALMQA_HOME {v} has no models/ directory")
         return v
 
