@@ -1,11 +1,12 @@
 """The BM25 part of an index version: a sparse lexical index of the same blocks, built with ``bm25s``.
 
-A hybrid index version (see :mod:`index.fusion`) carries, beside its FAISS index and block store, a
+A hybrid index version (see :mod:`index.hybrid`) carries, beside its FAISS index and block store, a
 ``bm25/`` directory: what :meth:`bm25s.BM25.save` writes (the Okapi BM25 score matrix in CSC form as
 ``.npy`` arrays, the vocabulary, the parameters) plus ``realmqa-bm25.json`` with the text analysis
 (stop words, stemmer) that queries must share with the blocks. Row ``r`` of the BM25 part is row ``r``
 of the block store and of the FAISS index. The text of a block is what the block embedder reads
-(title, then text: :func:`index.build.block_embedding_text`).
+(title, then text: :func:`index.chunks.block_embedding_text`). :class:`BM25PartBuilder` is the build
+pipeline's part builder (``index.pipeline.PART_BUILDERS["bm25"]``).
 
 Scores are Okapi BM25 with bm25s' ``lucene`` variant (Robertson et al. 1994; Lucene's IDF
 ``log(1 + (N - df + 0.5) / (df + 0.5))``), ``k1`` = 1.2 and ``b`` = 0.75 (Lucene's defaults). Searches
@@ -20,12 +21,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import bm25s
 import numpy as np
 
+from index.block_store import BlockStore
+from index.chunks import block_embedding_text
+
 log = logging.getLogger(__name__)
 
+PART = "bm25"  # the part's directory in a version and its key in the manifest's ``parts``
 ANALYSIS_FILE = "realmqa-bm25.json"
 
 
@@ -141,3 +147,17 @@ class BM25Index:
             S[qi, :len(top)] = scores[top]
             I[qi, :len(top)] = top
         return S, I
+
+
+class BM25PartBuilder:
+    """The build pipeline's BM25 part (``index.pipeline.PartBuilder``): indexes the staged version's blocks
+    (title + text) into ``out/bm25`` and returns the manifest's ``parts["bm25"]`` record."""
+
+    def __init__(self, config: BM25Config | None = None) -> None:
+        self.config = config or BM25Config()
+
+    def build(self, blocks: BlockStore, out: Path, model: Any) -> dict[str, Any]:
+        texts = [block_embedding_text(b) for b in blocks.get(range(len(blocks)))]
+        part = BM25Index.build(texts, self.config)
+        part.save(out / PART)
+        return {"dir": PART, "analysis": asdict(self.config), "blocks": part.count}

@@ -44,6 +44,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from index.block_store import Block, BlockStore, BlockStoreWriter
+from index.bm25 import BM25PartBuilder
 from index.chunks import (
     Chunk,
     EmbedExecutor,
@@ -70,7 +71,7 @@ class PartBuilder(Protocol):
 
 
 # name → factory; a build includes the parts its options name.
-PART_BUILDERS: dict[str, Callable[[], PartBuilder]] = {}
+PART_BUILDERS: dict[str, Callable[[], PartBuilder]] = {"bm25": BM25PartBuilder}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The ``realmqa`` command line: serve, index build / worker / submit, convert-hf, eval, ask, train-reader."""
+"""The ``realmqa`` command line: serve, index build / add-bm25 / worker / submit, convert-hf, eval, ask,
+train-reader."""
 
 from __future__ import annotations
 
@@ -130,6 +131,19 @@ def cmd_index_verify(a: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def cmd_index_add_bm25(a: argparse.Namespace) -> None:
+    from index.fusion import FusionConfig
+    from index.home import Home
+    from index.hybrid import derive_hybrid_version
+
+    try:
+        fusion = FusionConfig(rule=a.fusion_rule, weight=a.fusion_weight, depth=a.fusion_depth)
+        m = derive_hybrid_version(Home(a.home), a.index, a.version, fusion)
+    except (LookupError, ValueError) as e:
+        raise SystemExit(f"realmqa: {e}") from None
+    print(m.ref)
+
+
 def cmd_index_worker(a: argparse.Namespace) -> None:
     from index.worker import IndexWorker
     from service.settings import worker_options
@@ -247,6 +261,17 @@ def main(argv: list[str] | None = None) -> None:
     _add_job_args(b)
     _add_setting_flags(b, INDEX_SETTINGS)
     b.set_defaults(func=cmd_index_build)
+
+    hb = ix.add_parser("add-bm25", help="publish a hybrid version: an existing version's FAISS index and blocks "
+                       "(not embedded again) plus a BM25 part; prints name/version")
+    hb.add_argument("--home", required=True)
+    hb.add_argument("--index", required=True, help="index name")
+    hb.add_argument("--version", type=int, help="version to derive from (default: the newest)")
+    hb.add_argument("--fusion-rule", default="normalised_sum", choices=["rrf", "normalised_sum"],
+                    help="how dense and BM25 lists are fused (index.fusion)")
+    hb.add_argument("--fusion-weight", type=float, default=0.5, help="weight of the dense list, in [0, 1]")
+    hb.add_argument("--fusion-depth", type=int, default=100, help="rows taken from each list before fusing")
+    hb.set_defaults(func=cmd_index_add_bm25)
 
     w = ix.add_parser("worker", help="the long-running index worker: runs build jobs from the home's jobs",
                       description="Runs build jobs (from `realmqa index submit` or the service's "

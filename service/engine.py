@@ -19,6 +19,7 @@ import torch
 
 from index.block_store import Block
 from index.faiss_index import search, to_searcher
+from index.hybrid import hybrid_search, open_bm25
 from index.version import IndexVersion
 from realm_core import qa
 from realm_core.model_dir import QAModel, embed_texts
@@ -126,6 +127,7 @@ class QAEngine:
         # what searches: the index, or its GPU copy with its own GPU resources (used under _lock only)
         self._searcher = to_searcher(index.index)
         self.max_pass_tokens = max_pass_tokens  # padded tokens per reader pass (qa.read_beams)
+        self._hybrid = open_bm25(index)  # (BM25 part, fusion rule) of a hybrid version, else None
         self._lock = threading.Lock()  # one batch at a time: torch already uses every core; a swap waits for it
 
     @property
@@ -186,18 +188,22 @@ class QAEngine:
         """The retrieval step (call under the lock): embed the queries, MIPS over the served index, fetch
         the top ``k`` blocks of each, best first, with ``pieces`` their reader wordpieces where the block store
         keeps them for this model's reader tokenizer. Adds ``embed_ms``, ``search_ms``, ``fetch_ms`` to
-        ``timings``."""
+        ``timings``; on a hybrid version (a BM25 part) MIPS and BM25 lists are fused (``index.hybrid``, adding
+        ``bm25_ms`` and ``fuse_ms``) and each block keeps its relevance score."""
         t0 = time.perf_counter()
         xq = embed_texts(self.model.query, queries).numpy()
         t1 = time.perf_counter()
-        D, I = search(self._searcher[0], xq, k)
+        if self._hybrid is None:
+            D, I = search(self._searcher[0], xq, k)
+        else:  # dense and BM25 lists fused; D stays the relevance score (index.hybrid)
+            D, I = hybrid_search(self._searcher[0], self.index.index, *self._hybrid, xq, queries, k, timings)
         t2 = time.perf_counter()
         rows = [int(r) for r in I.ravel() if r >= 0]
         blocks = iter(self.index.blocks.get(rows, self.model.reader_tokenizer.content_id if pieces else None))
         out = [[ScoredBlock(next(blocks), float(d), rank + 1) for rank, (d, r) in enumerate(zip(Ds, Is)) if r >= 0]
                for Ds, Is in zip(D, I)]
-        timings.update(embed_ms=(t1 - t0) * 1e3, search_ms=(t2 - t1) * 1e3,
-                       fetch_ms=(time.perf_counter() - t2) * 1e3)
+        timings.setdefault("search_ms", (t2 - t1) * 1e3)
+        timings.update(embed_ms=(t1 - t0) * 1e3, fetch_ms=(time.perf_counter() - t2) * 1e3)
         return out
 
     @torch.no_grad()
@@ -263,6 +269,7 @@ class QAEngine:
             ValueError: the new index fails a check; the old one keeps serving.
         """
         check_pair(self.model, index)
+        hybrid = open_bm25(index)
         searcher = to_searcher(index.index)
         xq = embed_texts(self.model.query, ["what is this?"]).numpy()
         _, I = search(searcher[0], xq, 1)
@@ -271,7 +278,7 @@ class QAEngine:
         index.blocks.get([int(I[0, 0])])
         with self._lock:
             old = self.index
-            self.index, self._searcher = index, searcher
+            self.index, self._searcher, self._hybrid = index, searcher, hybrid
         old.blocks.close()  # no batch holds it any more: they all run under _lock
         log.info("%s: swapped index %s -> %s", self.model.ref, old.ref, index.ref)
         return old.ref

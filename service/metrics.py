@@ -25,6 +25,9 @@ EMBED_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 # - search: exact MIPS over the bundled 21k blocks is well under 5 ms; REALM's 13M-block Flat index takes
 #   seconds on CPU — so the buckets start at 0.1 ms and reach 5 s.
 SEARCH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# - bm25 (hybrid index versions): one sparse score pass per question over the bundled 21k blocks, ~1 ms;
+#   fuse: merging two lists of depth 100 and the relevance scores of the fused rows, ~1 ms — the search
+#   buckets fit both.
 # - read: the costly stage, reader_beam_size rows of up to 384 tokens per question: ~20 ms (one question,
 #   small model) to ~10 s (a batch of 32 questions × 5 blocks on CPU).
 READ_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
@@ -37,7 +40,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 PASS_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 # Engine timing keys → stage names (service.engine's timings_ms).
-_STAGES = {"embed_ms": "embed", "search_ms": "search", "read_ms": "read"}
+_STAGES = {"embed_ms": "embed", "search_ms": "search", "bm25_ms": "bm25", "fuse_ms": "fuse", "read_ms": "read"}
 
 
 class Metrics:
@@ -58,6 +61,11 @@ class Metrics:
                                ["model"], buckets=EMBED_BUCKETS, registry=r),
             "search": Histogram("realmqa_search_duration_seconds", "the request's share of its batch's MIPS time",
                                 ["model"], buckets=SEARCH_BUCKETS, registry=r),
+            "bm25": Histogram("realmqa_bm25_duration_seconds", "the request's share of its batch's BM25 search time "
+                              "(hybrid index versions only)", ["model"], buckets=SEARCH_BUCKETS, registry=r),
+            "fuse": Histogram("realmqa_fuse_duration_seconds", "the request's share of its batch's fusion of the "
+                              "dense and BM25 lists (hybrid index versions only)", ["model"], buckets=SEARCH_BUCKETS,
+                              registry=r),
             "read": Histogram("realmqa_read_duration_seconds", "the request's share of its batch's reader time "
                               "(in proportion to its rows' reader tokens)", ["model"],
                               buckets=READ_BUCKETS, registry=r),
