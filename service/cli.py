@@ -1,5 +1,5 @@
 """The ``realmqa`` command line: serve, index build / add-bm25 / worker / submit, convert-hf, eval, ask,
-train-reader."""
+train-reader, train-retriever."""
 
 from __future__ import annotations
 
@@ -233,6 +233,50 @@ def cmd_ask(a: argparse.Namespace) -> None:
         print(f"  also: {c.answer!r} from {c.block.title or c.block.id} (score {c.score:.2f})")
 
 
+def cmd_train_retriever(a: argparse.Namespace) -> None:
+    import dataclasses
+
+    from index.version import open_version
+    from realm_core.embedder import Embedder
+    from realm_core.model_dir import load_model_dir
+    from realm_core.train_reader import load_squad
+    from realm_core.train_retriever import options_from_args, train, training_questions, write_model_version
+
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    home = Path(a.home)
+    name, _, ver = a.model.partition("/")
+    iname, _, iver = a.index.partition("/")
+    if not ver.isdigit() or not iver.isdigit():
+        raise SystemExit("realmqa: --model and --index take name/version")
+    base = home / "models" / name / ver
+    model = load_model_dir(base, name, int(ver))
+    iv = open_version(home / "indexes", iname, int(iver))
+    table = iv.blocks._table
+    block_ids, block_texts = table.column("id").to_pylist(), table.column("text").to_pylist()
+    exclude = {art["title"] for art in load_squad(a.exclude)} if a.exclude else set()
+    qs = training_questions(load_squad(a.squad), block_ids, block_texts, a.gold_id, exclude)
+    if not qs:
+        raise SystemExit("realmqa: no training question has a gold block in the index")
+    embedder = model.query.embedder
+    if embedder is model.block.embedder:  # one embedder did both: train a copy, the block side stays frozen
+        embedder = Embedder(embedder.config)
+        embedder.load_state_dict(model.query.embedder.state_dict())
+    opts = options_from_args(a)
+    log.info("%d training questions, %d blocks in %s, base %s: %s", len(qs), len(block_ids), iv.ref, model.ref, opts)
+    steps = train(embedder, model.query.tokenizer, iv.index, block_texts, qs, opts, Path(a.work),
+                  model.max_question_tokens)
+    if a.no_publish:
+        return
+    card = {"trained_by": "realmqa train-retriever (REALM §3.3/§4.5: query embedder only, index frozen)",
+            "base": model.ref, "index": iv.ref, "steps": steps, "questions_seen": steps * opts.batch_size,
+            "train_questions": len(qs), "squad": Path(a.squad).name, "options": dataclasses.asdict(opts)}
+    out = write_model_version(base, home / "models", a.out_model, embedder, model.query.tokenizer, card)
+    print(f"{a.out_model}/{out.name}")
+
+
 def _add_job_args(p: argparse.ArgumentParser) -> None:
     """The arguments of an index build, shared by ``index build`` (in process) and ``index submit`` (a job)."""
     p.add_argument("--model", required=True, help="model name or name/version whose block embedder embeds")
@@ -318,10 +362,24 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--json", action="store_true", help="print the /answer response as JSON")
     q.set_defaults(func=cmd_ask)
 
+    tr = sub.add_parser("train-retriever", help="fine-tune the query embedder against a frozen index "
+                        "(REALM §3.3/§4.5; see realm_core.train_retriever); publishes a new model version",
+                        add_help=False)
+    tr.set_defaults(func=None)
+
     t = sub.add_parser("train-reader", help="fine-tune a reader (see realm_core.train_reader)", add_help=False)
     t.set_defaults(func=None)
 
     args, rest = p.parse_known_args(argv)
+    if args.command == "train-retriever":
+        from realm_core.train_retriever import __doc__ as doc
+        from realm_core.train_retriever import add_arguments
+
+        tp = argparse.ArgumentParser(prog="realmqa train-retriever", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_arguments(tp)
+        cmd_train_retriever(tp.parse_args(rest))
+        return
     if args.command == "train-reader":
         from realm_core.train_reader import main as train_main
 
