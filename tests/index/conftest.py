@@ -7,10 +7,10 @@ from collections.abc import Iterator
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_address() -> Iterator[str]:
-    """A local Ray with 2 CPUs for the session (one start for every Ray test); its address, for Ray builds run
-    in other processes (``RAY_ADDRESS``). Skips the test when Ray Data is not installed."""
+    """A local Ray with 2 CPUs for the index tests (one start for them all, shut down after them); its address,
+    for Ray builds run in other processes (``RAY_ADDRESS``). Skips the test when Ray Data is not installed."""
     pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'realmqa[ray]')")
     import ray
 
