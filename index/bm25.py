@@ -21,13 +21,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import bm25s
 import numpy as np
 
 from index.block_store import BlockStore
 from index.chunks import block_embedding_text
+
+if TYPE_CHECKING:
+    import bm25s
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class BM25Index:
         Raises:
             BM25Error: no texts.
         """
+        import bm25s  # imported when used: the build pipeline registers this part without paying for it
+
         if not texts:
             raise BM25Error("a BM25 part needs at least one block")
         config = config or BM25Config()
@@ -102,6 +106,8 @@ class BM25Index:
         Raises:
             BM25Error: a file is missing or malformed, or ``count`` is given and differs from the part's rows.
         """
+        import bm25s
+
         directory = Path(directory)
         try:
             config = BM25Config(**json.loads((directory / ANALYSIS_FILE).read_text()))
@@ -117,6 +123,8 @@ class BM25Index:
 
     def query_terms(self, queries: Sequence[str]) -> list[list[str]]:
         """Each query's terms after the blocks' analysis (lower case, stop words out, stemmed)."""
+        import bm25s
+
         out = bm25s.tokenize(list(queries), stopwords=self.config.stopwords, stemmer=self._stem,
                              return_ids=False, show_progress=False)
         return [list(t) for t in out]  # type: ignore[union-attr]
