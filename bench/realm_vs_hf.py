@@ -6,10 +6,11 @@ process and with the same torch threads:
 
 - the reference: ``model(**tokenizer([question]))`` per question (eval mode: it retrieves and reads
   ``reader_beam_size`` blocks; it accepts one question per call, so its "batch 32" is 32 calls);
-- ours: ``QAEngine.answer(batch, reader_beam_size)`` over the converted model and its exact index.
+- ours: ``QAEngine.answer(batch, reader_beam_size)`` over the converted model and its exact index, with the
+  reader in each of ``--precisions`` (``fp32``; ``int8``: dynamic int8 on the CPU, see realm_core/precision.py).
 
-It also counts questions where both give the same answer (decoded wordpieces). Presets: ``tiny`` (hidden 128,
-2 layers) and ``base`` (REALM's RealmConfig: 768 hidden, 12 layers, 30,522 wordpieces). Needs the
+It also counts questions where both give the same answer (decoded wordpieces), per precision. Presets:
+``tiny`` (hidden 128, 2 layers) and ``base`` (REALM's RealmConfig: 768 hidden, 12 layers, 30,522 wordpieces). Needs the
 ``reference`` extra. Example::
 
     python bench/realm_vs_hf.py --preset tiny --blocks 100000 --questions 64 --threads 2
@@ -82,6 +83,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=64, help="questions timed per system and batch size")
     ap.add_argument("--batch-sizes", default="1,32")
     ap.add_argument("--threads", type=int, default=2, help="torch (and faiss) threads")
+    ap.add_argument("--precisions", default="fp32,int8", help="our reader's precisions to time")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", help="keep the checkpoint and home here (default: a temporary directory)")
     a = ap.parse_args()
@@ -97,7 +99,9 @@ def main() -> None:
     t0 = time.perf_counter()
     words, _ = build(a.preset, a.blocks, work / "ckpt", a.seed)
     c = convert_hf_realm(work / "ckpt", work / "home", "bench", progress=False)
-    engine = load_engine(work / "home", "bench", build_missing=False)
+    precisions = a.precisions.split(",")
+    engines = {p: load_engine(work / "home", "bench", build_missing=False, precision=p) for p in precisions}
+    engine = engines[precisions[0]]
     print(f"built and converted {a.preset} over {a.blocks} blocks in {time.perf_counter() - t0:.0f} s "
           f"(model {c.model_ref}, index {c.index.name}/{c.index.version}); work dir {work}")
 
@@ -119,27 +123,31 @@ def main() -> None:
         return hf_tok.decode(out.predicted_answer_ids)
 
     hf_answer(questions[0])
-    engine.answer(questions[:2], beam)  # warm-up
+    for e in engines.values():
+        e.answer(questions[:2], beam)  # warm-up
     print(f"torch threads {torch.get_num_threads()}, {a.questions} questions, reader beam {beam}")
-    print(f"{'preset':>6} {'blocks':>7} {'batch':>5} {'HF q/s':>8} {'ours q/s':>9} {'ours/HF':>8}")
-    agree = None
+    print(f"{'preset':>6} {'blocks':>7} {'batch':>5} {'precision':>9} {'HF q/s':>8} {'ours q/s':>9} {'ours/HF':>8}")
+    agree: dict[str, int] = {}
     tok = engine.model.reader_tokenizer
+
+    def decoded(x) -> str:  # type: ignore[no-untyped-def]
+        p = tok.pieces([x.best.block.block.text])[0]
+        ids = [i for i, (s, e) in zip(p.ids, p.offsets) if x.best.start_char <= s and e <= x.best.end_char]
+        return hf_tok.decode(ids)
+
     for bs in (int(x) for x in a.batch_sizes.split(",")):
         t = time.perf_counter()
         ref = [hf_answer(q) for q in questions]  # one question per call, whatever the batch
         hf_qps = len(questions) / (time.perf_counter() - t)
-        t = time.perf_counter()
-        ours = [x for i in range(0, len(questions), bs) for x in engine.answer(questions[i:i + bs], beam)]
-        our_qps = len(questions) / (time.perf_counter() - t)
-        print(f"{a.preset:>6} {a.blocks:>7} {bs:>5} {hf_qps:>8.2f} {our_qps:>9.2f} {our_qps / hf_qps:>8.2f}")
-        if agree is None:
-            def decoded(x) -> str:  # type: ignore[no-untyped-def]
-                p = tok.pieces([x.best.block.block.text])[0]
-                ids = [i for i, (s, e) in zip(p.ids, p.offsets) if x.best.start_char <= s and e <= x.best.end_char]
-                return hf_tok.decode(ids)
-
-            agree = sum(decoded(o) == r for o, r in zip(ours, ref))
-    print(f"same answer as the reference: {agree}/{len(questions)}")
+        for prec, e in engines.items():
+            t = time.perf_counter()
+            ours = [x for i in range(0, len(questions), bs) for x in e.answer(questions[i:i + bs], beam)]
+            our_qps = len(questions) / (time.perf_counter() - t)
+            print(f"{a.preset:>6} {a.blocks:>7} {bs:>5} {prec:>9} {hf_qps:>8.2f} {our_qps:>9.2f} "
+                  f"{our_qps / hf_qps:>8.2f}", flush=True)
+            agree.setdefault(prec, sum(decoded(o) == r for o, r in zip(ours, ref)))
+    for prec, n in agree.items():
+        print(f"same answer as the reference ({prec}): {n}/{len(questions)}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
      "reader_seq_len": 384, "max_question_tokens": 64, "block_max_tokens": 288,
      "reader_truncation": "only_block",           # optional; a key of tokenizer.TRUNCATIONS
      "reader_question": "text",                   # optional; a key of READER_QUESTIONS
+     "precision": "fp32",                         # optional; the reader's, a key of precision.PRECISIONS
      "default_corpus": "corpus.jsonl.gz",         # optional; the service builds an index from it if none
      "embedder_id": "3f2a...",                    # optional; the block embedder's content id, cached
      "card": {...}}                               # where the weights came from
@@ -40,6 +41,7 @@ from realm_core.bert import BertConfig
 from realm_core.checkpoint import load_mapped, load_safetensors
 from realm_core.embedder import Embedder, EmbedderConfig, load_sentence_transformer
 from realm_core.model_spec import EMBEDDER_FILES, EmbedderSpec, ModelDirError, ModelSpec, resolve_path
+from realm_core.precision import PrecisionError, apply_precision
 from realm_core.reader import SpanReader, reader_config_from_dict
 from realm_core.tokenizer import TRUNCATIONS, WordPieceTokenizer
 
@@ -88,6 +90,7 @@ class QAModel:
     embedder_id: str = ""  # the block embedder's content id (realm_core.model_spec); "" when unknown
     root: Path | None = None  # the version directory it was loaded from
     spec: ModelSpec | None = None  # its model.json
+    precision: str = "fp32"  # the reader's (realm_core.precision)
 
     def reader_question_texts(self, questions: list[str]) -> list[str]:
         """The question texts the reader tokenizes: as typed, or the query embedder's input decoded."""
@@ -107,11 +110,13 @@ def _load_embedder(base: Path, spec: EmbedderSpec, where: str) -> EmbedderFiles:
     return EmbedderFiles(EMBEDDER_SOURCES[spec.source](path), WordPieceTokenizer.from_dir(path))
 
 
-def load_model_dir(root: str | Path, name: str, version: int, dtype: torch.dtype = torch.float32) -> QAModel:
-    """Load a model version directory into eval-mode modules of ``dtype``.
+def load_model_dir(root: str | Path, name: str, version: int, precision: str | None = None) -> QAModel:
+    """Load a model version directory into eval-mode modules: the embedders in float32, the reader in
+    ``precision`` (None: ``model.json``'s ``precision``, default ``fp32``; see :mod:`realm_core.precision`).
 
     Raises:
-        ModelDirError: model.json is missing or malformed, or names a file that cannot be loaded.
+        ModelDirError: model.json is missing or malformed, names a file that cannot be loaded, or a precision
+            that is unknown or that this machine cannot run.
     """
     root = Path(root)
     spec = ModelSpec.read(root)
@@ -122,8 +127,14 @@ def load_model_dir(root: str | Path, name: str, version: int, dtype: torch.dtype
         reader = SpanReader(rcfg)
         load_mapped(reader, load_safetensors(root / spec.reader.weights), {"": ""})
         reader_tok = WordPieceTokenizer.from_dir(resolve_path(root, spec.reader.tokenizer))
-        for m in {id(query.embedder): query.embedder, id(block.embedder): block.embedder, 0: reader}.values():
-            m.to(dtype).eval()
+        for m in {id(query.embedder): query.embedder, id(block.embedder): block.embedder}.values():
+            m.float().eval()
+        chosen = precision or spec.precision
+        try:
+            reader = apply_precision(reader, chosen)
+        except PrecisionError as e:
+            where = "the precision setting" if precision else "model.json precision"
+            raise ModelDirError(f"{root}: {where}: {e}") from None
         if spec.reader_truncation not in TRUNCATIONS:
             raise ModelDirError(f"model.json reader_truncation {spec.reader_truncation!r} is not one of "
                                 f"{sorted(TRUNCATIONS)}")
@@ -132,7 +143,7 @@ def load_model_dir(root: str | Path, name: str, version: int, dtype: torch.dtype
                                 f"{list(READER_QUESTIONS)}")
         return QAModel(name, version, query, block, reader, reader_tok, spec.reader_seq_len,
                        spec.max_question_tokens, spec.block_max_tokens, spec.card, spec.reader_truncation,
-                       spec.reader_question, spec.block_embedder_id(root), root, spec)
+                       spec.reader_question, spec.block_embedder_id(root), root, spec, chosen)
     except (OSError, ValueError) as e:
         if isinstance(e, ModelDirError):
             raise

@@ -100,7 +100,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         if app.state.registry is None:
             app.state.registry = await asyncio.to_thread(
                 Registry.from_home, settings.home, settings.model, settings.build_missing_index,
-                settings.default_model, SearchParams(settings.nprobe, settings.ef_search))
+                settings.default_model, SearchParams(settings.nprobe, settings.ef_search), settings.precision)
             log.info("serving %s", [e.model_ref + " on " + e.index_ref for e in app.state.registry.served()])
         app.state.registry.observers.append(metrics.on_registry_event)
         batcher.start()

@@ -72,10 +72,11 @@ def find_index(home: Path | Home, model_ref: str) -> tuple[str, int] | None:
 
 
 def load_engine(home: Path | Home, name: str, version: int | None = None, build_missing: bool = True,
-                params: SearchParams | None = None) -> QAEngine:
+                params: SearchParams | None = None, precision: str | None = None) -> QAEngine:
     """A version of model ``name`` (the newest when None) with the index version pinned for it in the home,
     else the newest one its block embedder built that opens (a corrupt one is skipped with a warning); when
-    there is none, one is built from the model's ``default_corpus`` if ``build_missing``.
+    there is none, one is built from the model's ``default_corpus`` if ``build_missing``. ``precision``: the
+    reader's, overriding ``model.json``'s (None: the model's own).
 
     Raises:
         realm_core.model_dir.ModelDirError, index.version.IndexVersionError, FileNotFoundError.
@@ -89,7 +90,7 @@ def load_engine(home: Path | Home, name: str, version: int | None = None, build_
     root = home.model_dir(name, version)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} does not exist")
-    model = load_model_dir(root, name, version)
+    model = load_model_dir(root, name, version, precision)
     candidates = find_indexes(home, model.ref, model.embedder_id)
     pinned = read_pins(home).get(model.ref)
     if pinned is not None:
@@ -167,7 +168,8 @@ class Registry:
 
     @classmethod
     def from_home(cls, home: Path | Home, only: str | None = None, build_missing: bool = True,
-                  default: str | None = None, search: SearchParams | None = None) -> Registry:
+                  default: str | None = None, search: SearchParams | None = None,
+                  precision: str | None = None) -> Registry:
         """Every model of the home at its newest version (or only ``only``), loaded now, each with its pinned
         (else newest) index version.
 
@@ -181,13 +183,13 @@ class Registry:
                 name, version = home.resolve_model(only)
             except (LookupError, ValueError):
                 raise NotFound(f"model {only!r} is not in the registry", param="model") from None
-            engines[name] = load_engine(home, name, version, build_missing, search)
+            engines[name] = load_engine(home, name, version, build_missing, search, precision)
         else:
-            engines = {n: load_engine(home, n, None, build_missing, search) for n in home.model_names()}
+            engines = {n: load_engine(home, n, None, build_missing, search, precision) for n in home.model_names()}
         if default is not None and split_ref(default)[0] not in engines:
             raise NotFound(f"default model {default!r} is not among the models loaded: {sorted(engines)}",
                            param="default_model")
-        return cls(engines, loader=lambda n, v: load_engine(home, n, v, build_missing, search),
+        return cls(engines, loader=lambda n, v: load_engine(home, n, v, build_missing, search, precision),
                    on_disk=lambda: {n: home.model_versions(n) for n in home.model_names()}, default=default,
                    home=home, search=search)
 

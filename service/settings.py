@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     admin_token_file: Path | None = Field(
         None, description="file holding the admin token (a mounted secret); read at start, trailing newline dropped")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default)")
+    precision: Literal["fp32", "int8", "fp16", "bf16"] | None = Field(
+        None, description="the reader's precision for every model, overriding model.json's \"precision\" "
+                          "(fp32; int8: dynamic int8 on the CPU; fp16/bf16: CUDA only)")
     build_missing_index: bool = Field(True, description="build the model's index from its corpus if none exists")
     max_body_bytes: int = Field(65536, gt=0, description="largest request body, bytes, chunked or not (413 beyond)")
     max_question_chars: int = Field(2000, gt=0, description="longest question or query, characters (413 beyond)")
