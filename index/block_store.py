@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from realm_core.model_spec import resolve_path
 from realm_core.tokenizer import Pieces, WordPieceTokenizer
@@ -61,11 +63,18 @@ class ReaderWordpieces:
         """The columns for a build with ``model``'s reader tokenizer (``model.json`` ``reader.tokenizer``)."""
         return cls(WordPieceTokenizer.from_dir(resolve_path(model.root, model.spec.reader.tokenizer)))
 
-    def columns(self, blocks: Sequence[Block]) -> dict[str, pa.Array]:
-        pieces = self.tokenizer.pieces([b.text for b in blocks])
-        return {"reader_ids": pa.array([p.ids for p in pieces], type=self.fields[0].type),
-                "reader_offsets": pa.array([[x for o in p.offsets for x in o] for p in pieces],
-                                           type=self.fields[1].type)}
+    def columns(self, blocks: Sequence[Block], batch: int = 4096) -> dict[str, pa.Array]:
+        """The two columns for ``blocks``, tokenised ``batch`` texts at a time into flat arrays."""
+        id_type, off_type = self.fields[0].type, self.fields[1].type
+        ids: list[pa.Array] = [pa.array([], type=id_type)]
+        offsets: list[pa.Array] = [pa.array([], type=off_type)]
+        for i in range(0, len(blocks), batch):
+            lengths, flat_ids, flat_offsets = self.tokenizer.pieces_flat([b.text for b in blocks[i:i + batch]])
+            starts = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+            ids.append(pa.ListArray.from_arrays(starts, pa.array(flat_ids, type=id_type.value_type)))
+            offsets.append(pa.ListArray.from_arrays(pc.multiply(starts, 2),
+                                                    pa.array(flat_offsets.ravel(), type=off_type.value_type)))
+        return {"reader_ids": pa.concat_arrays(ids), "reader_offsets": pa.concat_arrays(offsets)}
 
 
 class BlockStoreWriter:

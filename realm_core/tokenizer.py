@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Encoding, Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
@@ -169,6 +170,21 @@ class WordPieceTokenizer:
         """Wordpieces of each text, without special tokens."""
         encs: list[Encoding] = self._tok.encode_batch(list(texts), add_special_tokens=False)
         return [Pieces(e.ids, [tuple(o) for o in e.offsets]) for e in encs]  # type: ignore[misc]
+
+    def pieces_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Wordpieces of each text as flat arrays (for storing many: no Python object per piece).
+
+        Returns:
+            lengths: (texts,) int64 wordpieces per text; ids: (Σ lengths,) int64; offsets: (Σ lengths, 2) int64
+            (start_char, end_char) into each text, end exclusive — text i's pieces are rows
+            ``lengths[:i].sum()`` onwards.
+        """
+        encs: list[Encoding] = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+        ids = np.fromiter((i for e in encs for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
+        offsets = np.fromiter((x for e in encs for o in e.offsets for x in o), dtype=np.int64,
+                              count=2 * int(lengths.sum())).reshape(-1, 2)
+        return lengths, ids, offsets
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids back to text with the tokenizer's decoder, special tokens dropped."""
