@@ -1,0 +1,94 @@
+"""The bundled reader in each precision this machine runs: questions/s through ``realm_core.qa.read_beams`` and
+how many answers equal fp32's on the CPU.
+
+Each held-out question is read with a reader beam of its gold paragraph and the next ``--beam − 1`` paragraphs
+of its article (relevance scores 0), ``--batch`` questions per call, as the engine reads a batch. Needs only
+the repository's files (no index, no query embedder)::
+
+    python bench/reader_precision.py --questions 64 --batch 32 --threads 2          # CPU: fp32, int8
+    python bench/reader_precision.py --questions 256 --batch 32                      # + fp32/fp16/bf16 on CUDA
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from realm_core import qa  # noqa: E402
+from realm_core.checkpoint import load_mapped, load_safetensors  # noqa: E402
+from realm_core.evaluation import exact_match  # noqa: E402
+from realm_core.precision import apply_precision  # noqa: E402
+from realm_core.reader import SpanReader, reader_config_from_dict  # noqa: E402
+from realm_core.tokenizer import WordPieceTokenizer  # noqa: E402
+
+HOME = Path(__file__).resolve().parents[1] / "service" / "default"
+MODEL = HOME / "models" / "minilm-squad" / "1"
+
+
+def load_reader() -> SpanReader:
+    reader = SpanReader(reader_config_from_dict(json.loads((MODEL / "reader_config.json").read_text())))
+    load_mapped(reader, load_safetensors(MODEL / "reader.safetensors"), {"": ""})
+    return reader.eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--questions", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--beam", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    spec = json.loads((MODEL / "model.json").read_text())
+    tok = WordPieceTokenizer.from_dir(MODEL)
+    items = []
+    for art in json.loads((HOME / "heldout" / "squad-train-heldout.json").read_text())["data"]:
+        ps = [p["context"] for p in art["paragraphs"]]
+        for j, p in enumerate(art["paragraphs"]):
+            items += [(q["question"], [ps[(j + k) % len(ps)] for k in range(a.beam)], [x["text"] for x in q["answers"]])
+                      for q in p["qas"][:1]]
+    items = items[:: max(1, len(items) // a.questions)][: a.questions]
+    runs = [("fp32", "cpu"), ("int8", "cpu")]
+    if torch.cuda.is_available():
+        runs += [("fp32", "cuda"), ("fp16", "cuda"), ("bf16", "cuda")]
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cuda "
+          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; {len(items)} questions, "
+          f"reader beam {a.beam}, batch {a.batch}")
+    print(f"{'precision':>9} {'device':>6} {'q/s':>8} {'rows/s':>8} {'EM':>6} {'= fp32 cpu':>10}")
+    ref = None
+    for prec, device in runs:
+        reader = apply_precision(load_reader(), prec)
+        if device == "cuda" and prec == "fp32":
+            reader = reader.cuda()
+
+        def read(chunk: list, reader: SpanReader = reader) -> list[qa.SpanChoice]:  # type: ignore[type-arg]
+            b = qa.read_beams(reader, tok, tok.pieces([c[0] for c in chunk]),
+                              [[qa.BeamBlock(t, 0.0) for t in c[1]] for c in chunk], spec["reader_seq_len"])
+            return [qa.answer(r, 0.0).best for r in b.readings]
+
+        with torch.no_grad():
+            read(items[: a.batch])  # warm-up
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            out = [x for i in range(0, len(items), a.batch) for x in read(items[i:i + a.batch])]
+            if device == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t
+        em = 100 * sum(exact_match(o.text, c[2]) for o, c in zip(out, items)) / len(items)
+        ref = ref or out
+        same = sum((x.row, x.start_char, x.end_char) == (y.row, y.start_char, y.end_char) for x, y in zip(out, ref))
+        print(f"{prec:>9} {device:>6} {len(items) / dt:>8.2f} {len(items) * a.beam / dt:>8.1f} {em:>6.1f} "
+              f"{same:>5}/{len(items)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
