@@ -45,12 +45,13 @@ def test_model_lookups_skip_what_is_not_a_version(tmp_path: Path) -> None:
 def test_model_spec_round_trip_keeps_unknown_keys(tmp_path: Path) -> None:
     write_model(tmp_path / "m")
     raw = json.loads((tmp_path / "m" / "model.json").read_text())
-    (tmp_path / "m" / "model.json").write_text(json.dumps({**raw, "precision": "int8"}))
+    (tmp_path / "m" / "model.json").write_text(json.dumps({**raw, "future_field": "int8"}))
     spec = ModelSpec.read(tmp_path / "m")
-    assert spec.extra == {"precision": "int8"} and spec.block_embedder is None and spec.block == spec.query_embedder
+    assert spec.extra == {"future_field": "int8"} and spec.block_embedder is None and spec.block == spec.query_embedder
     spec.write(tmp_path / "m")
     written = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert written == {**raw, "precision": "int8", "reader_truncation": "only_block", "reader_question": "text"}
+    assert written == {**raw, "future_field": "int8", "reader_truncation": "only_block", "reader_question": "text",
+                       "precision": "fp32"}
     assert ModelSpec.read(tmp_path / "m") == spec
 
 
