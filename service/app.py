@@ -25,7 +25,7 @@ from service.openapi import openapi_schema
 from service.registry import Registry, SearchParams
 from service.request_log import RequestContextMiddleware
 from service.routes import admin, answer, health, models, page, retrieve
-from service.settings import Settings
+from service.settings import Settings, build_options
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         if app.state.registry is None:
             app.state.registry = await asyncio.to_thread(
                 Registry.from_home, settings.home, settings.model, settings.build_missing_index,
-                settings.default_model, SearchParams(settings.nprobe, settings.ef_search), settings.precision)
+                settings.default_model, SearchParams(settings.nprobe, settings.ef_search), settings.precision,
+                build_options(settings))
             log.info("serving %s", [e.model_ref + " on " + e.index_ref for e in app.state.registry.served()])
         app.state.registry.observers.append(metrics.on_registry_event)
         batcher.start()

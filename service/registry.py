@@ -18,6 +18,7 @@ and pinned; a failure leaves the old one serving and raises :class:`service.erro
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -72,11 +73,13 @@ def find_index(home: Path | Home, model_ref: str) -> tuple[str, int] | None:
 
 
 def load_engine(home: Path | Home, name: str, version: int | None = None, build_missing: bool = True,
-                params: SearchParams | None = None, precision: str | None = None) -> QAEngine:
+                params: SearchParams | None = None, precision: str | None = None,
+                build: BuildOptions | None = None) -> QAEngine:
     """A version of model ``name`` (the newest when None) with the index version pinned for it in the home,
     else the newest one its block embedder built that opens (a corrupt one is skipped with a warning); when
-    there is none, one is built from the model's ``default_corpus`` if ``build_missing``. ``precision``: the
-    reader's, overriding ``model.json``'s (None: the model's own).
+    there is none, one is built from the model's ``default_corpus`` if ``build_missing`` (with ``build``'s
+    options, in this process on the CPU). ``precision``: the reader's, overriding ``model.json``'s (None: the
+    model's own).
 
     Raises:
         realm_core.model_dir.ModelDirError, index.version.IndexVersionError, FileNotFoundError.
@@ -111,7 +114,8 @@ def load_engine(home: Path | Home, name: str, version: int | None = None, build_
     corpus = resolve_path(root, model.spec.default_corpus)
     log.info("no index for %s yet: building one from %s", model.ref, corpus)
     mv = home.model_version(model.ref)
-    m = build_and_publish(home, corpus_request(name, mv, corpus), BuildOptions(progress_bar=True),
+    options = dataclasses.replace(build or BuildOptions(), progress_bar=True)
+    m = build_and_publish(home, corpus_request(name, mv, corpus), options,
                           LocalExecutor(model))
     return QAEngine(model, open_index(home, m.name, m.version, params))
 
@@ -169,7 +173,7 @@ class Registry:
     @classmethod
     def from_home(cls, home: Path | Home, only: str | None = None, build_missing: bool = True,
                   default: str | None = None, search: SearchParams | None = None,
-                  precision: str | None = None) -> Registry:
+                  precision: str | None = None, build: BuildOptions | None = None) -> Registry:
         """Every model of the home at its newest version (or only ``only``), loaded now, each with its pinned
         (else newest) index version.
 
@@ -183,13 +187,14 @@ class Registry:
                 name, version = home.resolve_model(only)
             except (LookupError, ValueError):
                 raise NotFound(f"model {only!r} is not in the registry", param="model") from None
-            engines[name] = load_engine(home, name, version, build_missing, search, precision)
+            engines[name] = load_engine(home, name, version, build_missing, search, precision, build)
         else:
-            engines = {n: load_engine(home, n, None, build_missing, search, precision) for n in home.model_names()}
+            engines = {n: load_engine(home, n, None, build_missing, search, precision, build)
+                       for n in home.model_names()}
         if default is not None and split_ref(default)[0] not in engines:
             raise NotFound(f"default model {default!r} is not among the models loaded: {sorted(engines)}",
                            param="default_model")
-        return cls(engines, loader=lambda n, v: load_engine(home, n, v, build_missing, search, precision),
+        return cls(engines, loader=lambda n, v: load_engine(home, n, v, build_missing, search, precision, build),
                    on_disk=lambda: {n: home.model_versions(n) for n in home.model_names()}, default=default,
                    home=home, search=search)
 
