@@ -113,3 +113,17 @@ def test_relevance_scores_without_stored_vectors() -> None:
     I = np.array([[0, 7, 9]])
     out = relevance_scores(ivf, xq, np.array([[7, 42, 0, -1]]), (D, I))
     np.testing.assert_array_equal(out, [[2.0, 1.5, 3.0, -np.inf]])
+
+
+def test_the_bundled_default_is_hybrid() -> None:
+    """The bundled index version 2: version 1's embeddings (same FAISS file) plus a BM25 part over its blocks."""
+    from service.settings import BUNDLED_HOME
+
+    v1, v2 = (open_version(BUNDLED_HOME / "indexes", "minilm-squad", v) for v in (1, 2))
+    assert v2.manifest.checksums["index.faiss"] == v1.manifest.checksums["index.faiss"]
+    part, fusion = open_bm25(v2)  # type: ignore[misc]
+    assert fusion == FusionConfig() and part.count == v2.manifest.count == v1.manifest.count
+    _, I = part.search(["Which NFL team won Super Bowl 50?"], 3)
+    assert v2.blocks.get([int(I[0, 0])])[0].id.startswith("dev/Super_Bowl_50/")
+    v1.close()
+    v2.close()
