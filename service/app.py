@@ -19,9 +19,10 @@ from starlette.exceptions import HTTPException
 
 from service.batching import Batcher, BatchLimits
 from service.body_limit import BodyLimitMiddleware
-from service.errors import BadRequest, InvalidInput, ServiceError, for_status
+from service.errors import BadRequest, InvalidInput, ServiceError, for_status, public_text
 from service.metrics import Metrics, MetricsMiddleware
 from service.openapi import openapi_schema
+from service.readiness import Readiness
 from service.registry import Registry, SearchParams
 from service.request_log import RequestContextMiddleware
 from service.routes import admin, answer, health, models, page, retrieve
@@ -35,7 +36,9 @@ def _error_response(e: ServiceError) -> JSONResponse:
 
 
 async def _service_error(request: Request, e: Exception) -> Response:
+    """Our errors; a message quoting an exception (a failed load, a refused index) loses this machine's paths."""
     assert isinstance(e, ServiceError)
+    e.message = public_text(e.message, request.app.state.settings.home)
     return _error_response(e)
 
 
@@ -92,6 +95,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     """
     metrics = Metrics()
     batcher = Batcher(batch_limits(settings), metrics)
+    readiness = Readiness(settings.readiness_interval_s, settings.request_timeout_ms / 1e3)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,6 +109,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             log.info("serving %s", [e.model_ref + " on " + e.index_ref for e in app.state.registry.served()])
         app.state.registry.observers.append(metrics.on_registry_event)
         batcher.start()
+        readiness.start(app.state.registry, batcher)
         poller = (asyncio.create_task(_poll_indexes(app.state.registry, settings.index_poll_interval_s))
                   if settings.index_poll_interval_s else None)
         try:
@@ -112,6 +117,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         finally:
             if poller is not None:
                 poller.cancel()
+            await readiness.stop()
             await batcher.shutdown(settings.shutdown_timeout_s)
             app.state.registry = None
 
@@ -121,6 +127,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.batcher = batcher
     app.state.metrics = metrics
+    app.state.readiness = readiness
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

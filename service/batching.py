@@ -10,8 +10,15 @@ same ``k`` or ``reader_beam_size`` — for up to ``max_queue_delay_ms`` after th
 reader_seq_len`` per question; TEI's token budget), and runs the batch through the engine's batched
 ``answer``/``retrieve`` in ONE worker thread, so the event loop stays free and torch gets one batch at a
 time (Triton's dynamic batcher, Ray Serve's ``@serve.batch``). Engines answer each question of a batch as
-if alone, so batched results equal one-at-a-time results; a batch that raises is run again one job at a
-time so only the faulty request fails.
+if alone, so batched results equal one-at-a-time results. Requests are validated before they are queued
+(the routes call the engine's ``validate_question``/``validate_query``), so a bad one never joins a batch; a
+batch that still raises is run again one job at a time so only the faulty request fails.
+
+Only live jobs count: a job whose handler gave up (deadline passed, client gone) leaves the queue at once,
+so expired requests never make honest ones get 429 and :meth:`Batcher.depth` reports live jobs. The
+batching task is supervised: if it ever ends other than by :meth:`Batcher.shutdown`, every queued and
+running job gets 503 at once, new jobs get 503, and :attr:`Batcher.failure` says why (``/healthz`` and
+``/readyz`` then answer 503, so the orchestrator restarts the process).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class _Job:
     tokens: int  # reader tokens this job adds to an /answer batch
     enqueued: float  # time.monotonic()
     deadline: float  # time.monotonic()
+    started: float | None = None  # time.monotonic() when its batch went to the engine (per-job timings start here)
     future: asyncio.Future[Any] = field(repr=False, default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def key(self) -> tuple[int, str, int]:
@@ -67,13 +75,25 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._running: list[_Job] = []
-        self._closed = False
+        self._closed = False  # shut down: new jobs get 503
+        self._draining = False  # shutdown began: still taking work, but not ready
+        self.failure: str | None = None  # why the batching task died (None while it lives)
 
     # --- handler side -------------------------------------------------------------------------------
 
     def depth(self) -> int:
-        """Jobs waiting for the engine (not counting the batch running)."""
+        """Live jobs waiting for the engine (not counting the batch running)."""
         return len(self._jobs)
+
+    @property
+    def alive(self) -> bool:
+        """The batching task runs (started, not dead); it may be draining."""
+        return self._task is not None and self.failure is None and not self._closed
+
+    @property
+    def accepting(self) -> bool:
+        """Alive and not shutting down: what readiness needs of the batcher."""
+        return self.alive and not self._draining
 
     async def answer(self, engine: Engine, question: str, reader_beam_size: int, timeout_s: float) -> Answer:
         tokens = reader_beam_size * engine.reader_seq_len
@@ -90,6 +110,9 @@ class Batcher:
         return now, now + timeout_s
 
     async def _submit(self, job: _Job) -> Any:
+        if self.failure is not None:
+            self._reject("batcher_dead")
+            raise NotReady("the batcher is not running; the server needs a restart")
         if self._closed or self._task is None:
             self._reject("shutdown")
             raise NotReady("the server has shut down" if self._closed else "the batcher is not running")
@@ -102,10 +125,20 @@ class Batcher:
         self._wake.set()
         try:
             return await asyncio.wait_for(job.future, max(0.0, job.deadline - time.monotonic()))
-        except asyncio.TimeoutError:  # wait_for cancelled the future: the batcher drops the job if not started
+        except asyncio.TimeoutError:  # wait_for cancelled the future
             self._reject("deadline")
             raise DeadlinePassed(f"no answer within {1e3 * (job.deadline - job.enqueued):.0f} ms",
                                  param="timeout_ms") from None
+        finally:
+            self._forget(job)
+
+    def _forget(self, job: _Job) -> None:
+        """A job whose handler stopped waiting (answered, deadline passed, client gone) leaves the queue."""
+        if job.started is None:
+            try:
+                self._jobs.remove(job)
+            except ValueError:
+                pass
 
     def _reject(self, reason: str) -> None:
         if self.metrics is not None:
@@ -115,10 +148,25 @@ class Batcher:
 
     def start(self) -> None:
         """Start the batching task and the worker thread (call inside the running event loop)."""
-        self._closed = False
+        self._closed = self._draining = False
+        self.failure = None
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="realmqa-engine")
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="realmqa-batcher")
+        self._task.add_done_callback(self._on_task_end)
+
+    def _on_task_end(self, task: asyncio.Task[None]) -> None:
+        """Supervision: the task ended other than by :meth:`shutdown` — fail every job 503 at once."""
+        if self._closed:
+            return
+        err = None if task.cancelled() else task.exception()
+        self.failure = f"the batching task {'was cancelled' if err is None else 'raised ' + type(err).__name__}"
+        log.error("%s; answering every request 503", self.failure, exc_info=err)
+        for job in (*self._jobs, *self._running):
+            if not job.future.done():
+                self._reject("batcher_dead")
+                job.future.set_exception(NotReady("the batcher stopped; the server needs a restart"))
+        self._jobs.clear()
 
     async def _loop(self) -> None:
         assert self._wake is not None
@@ -150,7 +198,7 @@ class Batcher:
         rest: deque[_Job] = deque()
         tokens = 0
         for job in self._jobs:
-            if job.future.done():  # cancelled: its deadline passed while queued
+            if job.future.done():  # its handler gave up (it normally removes the job itself)
                 continue
             if job.deadline <= now:
                 job.future.set_exception(DeadlinePassed("deadline passed while queued", param="timeout_ms"))
@@ -168,16 +216,16 @@ class Batcher:
     async def _run(self, batch: list[_Job]) -> None:
         started = time.monotonic()
         m = self.metrics
+        for job in batch:
+            job.started = started
         if m is not None:
             m.batch_size.labels(batch[0].kind).observe(len(batch))
             for job in batch:
                 m.queue_wait.observe(started - job.enqueued)
-        self._running = batch
+        self._running = batch  # kept if the task dies here, so that supervision answers these jobs 503
         assert self._executor is not None
-        try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, _call_batch, batch)
-        finally:
-            self._running = []
+        results = await asyncio.get_running_loop().run_in_executor(self._executor, _call_batch, batch)
+        self._running = []
         if m is not None:  # each engine call's reader passes once (a batch re-run one job at a time has several)
             for stats in {id(s): s for r in results if (s := getattr(r, "read_stats", None)) is not None}.values():
                 m.observe_read(batch[0].engine.model_ref, stats)
@@ -200,8 +248,9 @@ class Batcher:
         Jobs submitted during the drain are still taken: they come from requests the server accepted before
         it stopped accepting connections (uvicorn closes the listener and ends keep-alive on SIGTERM), so
         their number is bounded."""
+        self._draining = True
         end = time.monotonic() + bound_s
-        while (self._jobs or self._running) and time.monotonic() < end:
+        while (self._jobs or self._running) and self.failure is None and time.monotonic() < end:
             await asyncio.sleep(0.01)
         self._closed = True
         left = [j for j in (*self._jobs, *self._running) if not j.future.done()]
@@ -215,7 +264,7 @@ class Batcher:
             self._task.cancel()
             try:
                 await self._task
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 — a death was logged by _on_task_end
                 pass
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)

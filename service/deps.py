@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.batching import Batcher
 from service.errors import Forbidden, Unauthorized
 from service.metrics import Metrics
+from service.readiness import Readiness
 from service.registry import Registry
 from service.settings import Settings
 
@@ -29,6 +30,10 @@ def _batcher(request: Request) -> Batcher:
 
 def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+def _readiness(request: Request) -> Readiness:
+    return request.app.state.readiness  # type: ignore[no-any-return]
 
 
 # Declares the scheme in the OpenAPI document; the checks and their errors are ours (auto_error=False).
@@ -59,4 +64,5 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 BatcherDep = Annotated[Batcher, Depends(_batcher)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
+ReadinessDep = Annotated[Readiness, Depends(_readiness)]
 AdminDep = Depends(_admin)  # router-level: APIRouter(dependencies=[AdminDep])

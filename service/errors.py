@@ -6,6 +6,12 @@ these classes carry their HTTP status and are mapped once in :func:`service.app.
 
 from __future__ import annotations
 
+import re
+import sys
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
 
 class ServiceError(Exception):
     status: int = 500
@@ -96,3 +102,24 @@ def for_status(status: int, message: str, headers: dict[str, str] | None = None)
         err.status, err.type = status, "bad_request" if status < 500 else "internal_error"
         return err
     return cls(message, headers=headers)
+
+
+@lru_cache(maxsize=8)
+def _path_roots(home: Path | None) -> tuple[re.Pattern[str], dict[str, str]]:
+    """A pattern matching this machine's absolute roots (longest first), and the label of each."""
+    roots = {str(Path(sys.prefix)): "<python>", str(Path(sys.base_prefix)): "<python>",
+             str(Path(__file__).resolve().parents[1]): "<realmqa>", tempfile.gettempdir(): "<tmp>",
+             str(Path.home()): "~"}
+    if home is not None:
+        roots.update({str(home): "<home>", str(home.resolve()): "<home>"})
+    roots = {r: label for r, label in roots.items() if r not in ("", "/")}
+    pattern = re.compile("|".join(re.escape(r) + r"(?=/|\b|$)" for r in sorted(roots, key=len, reverse=True)))
+    return pattern, roots
+
+
+def public_text(text: str, home: Path | None = None) -> str:
+    """``text`` without this machine's absolute paths: the home, the Python installation, realmqa's own
+    directory, the temporary directory and the user's home become ``<home>``, ``<python>``, ``<realmqa>``,
+    ``<tmp>``, ``~``. For messages that quote an exception (a failed load, a refused index version)."""
+    pattern, labels = _path_roots(home)
+    return pattern.sub(lambda m: labels[m.group(0)], text)

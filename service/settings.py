@@ -94,6 +94,9 @@ class Settings(BaseSettings):
                                      description="claims of one job (its workers dying) before it is filed as failed")
     worker_service_url: str | None = Field(None, description="service the index worker asks to activate each new "
                                                              "version (with admin_token); none: the service polls")
+    readiness_interval_s: float = Field(
+        10.0, gt=0, description="seconds between two real readiness checks (one question through the batcher, in "
+                                "the background; /readyz itself only reads their result)")
     shutdown_timeout_s: float = Field(
         20.0, ge=0, description="on SIGTERM, how long queued work may still finish; the rest gets 503")
 

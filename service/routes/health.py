@@ -1,4 +1,5 @@
-"""``GET /healthz`` (alive), ``GET /readyz`` (every served model answers through its index), ``GET /metrics``."""
+"""``GET /healthz`` (alive: the process and its batching task), ``GET /readyz`` (ready to answer, from state and
+the last background check: no engine call), ``GET /metrics``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from index.home import Home
 from index.jobs import running_builds
-from service.deps import BatcherDep, MetricsDep, RegistryDep, SettingsDep
+from service.deps import BatcherDep, MetricsDep, ReadinessDep, RegistryDep, SettingsDep
 from service.errors import NotReady
 from service.schemas import error_responses
 
@@ -16,18 +17,19 @@ router = APIRouter()
 
 
 @router.get("/healthz", responses=error_responses(503))
-async def healthz() -> dict[str, str]:
+async def healthz(batcher: BatcherDep) -> dict[str, str]:
+    """503 once the batching task has died: every request would get 503, so the process should be restarted."""
+    if batcher.failure is not None:
+        raise NotReady(batcher.failure)
     return {"status": "alive"}
 
 
 @router.get("/readyz", responses=error_responses(503))
-async def readyz(registry: RegistryDep) -> dict[str, object]:
-    engines = registry.served()
-    if not engines:
-        raise NotReady("no model is loaded")
-    for engine in engines:
-        await run_in_threadpool(engine.check)
-    return {"status": "ready", "models": [e.model_ref for e in engines]}
+async def readyz(registry: RegistryDep, batcher: BatcherDep, readiness: ReadinessDep) -> dict[str, object]:
+    ready, why, detail = readiness.state(registry, batcher)
+    if not ready:
+        raise NotReady(f"not ready: {why}")
+    return {"status": "ready", "models": list(detail), "checks": detail}
 
 
 @router.get("/metrics", response_class=Response, responses={

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import RegistryDep, SettingsDep
+from service.errors import public_text
 from service.registry import describe_indexes
 from service.schemas import (
     IndexesResponse,
@@ -21,11 +22,12 @@ router = APIRouter()
 
 
 @router.get("/v1/models", response_model=ModelsResponse, responses=error_responses())
-async def list_models(registry: RegistryDep) -> ModelsResponse:
+async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelsResponse:
     default = registry.default_name()
     return ModelsResponse(models=[
         ModelOut(name=name, default=name == default,
-                 versions=[ModelVersionOut(version=v.version, state=v.state, index=v.index, error=v.error)
+                 versions=[ModelVersionOut(version=v.version, state=v.state, index=v.index,
+                                           error=v.error and public_text(v.error, settings.home))
                            for v in versions])
         for name, versions in registry.describe().items()])
 

@@ -1,5 +1,6 @@
 """A fake engine whose calls wait on a :class:`threading.Event`: holds the worker thread so that tests can
-fill the queue, pass deadlines and shut down with work queued."""
+fill the queue, pass deadlines and shut down with work queued. The readiness check's question passes without
+waiting (the app checks readiness in the background from its start)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 
 from service.engine import Answer, Retrieval
 from service.errors import InvalidInput
+from service.readiness import CHECK_QUESTION
 from tests.service.fake_engine import FakeEngine
 
 
@@ -21,6 +23,8 @@ class BlockingEngine(FakeEngine):
         assert self.gate.wait(30), "test never opened the gate"
 
     def answer(self, questions: list[str], reader_beam_size: int) -> list[Answer]:
+        if questions == [CHECK_QUESTION]:
+            return super().answer(questions, reader_beam_size)
         self._wait()
         if any("bad" in q for q in questions):
             raise InvalidInput("question has no tokens", param="question")

@@ -44,6 +44,8 @@ class FakeEngine:
 
     def answer(self, questions: list[str], reader_beam_size: int) -> list[Answer]:
         self.calls.append(("answer", questions, reader_beam_size))
+        if not self.ready:
+            raise RuntimeError("fake engine is not ready")
         out = []
         for q in questions:
             cands = []

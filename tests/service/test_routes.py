@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 
 from service.app import create_app
 from service.registry import Registry
@@ -24,6 +26,7 @@ def client(engine: FakeEngine, tmp_path: Path) -> TestClient:
     settings = Settings(home=tmp_path, max_question_chars=200, max_body_bytes=2000, max_k=5, default_k=3,
                         max_reader_beam_size=5)
     with TestClient(create_app(settings, Registry({"fake": engine}))) as c:
+        wait_for(c, "/readyz", 200)  # the first background check has run: engine.calls holds only the test's
         yield c  # type: ignore[misc]
 
 
@@ -107,13 +110,29 @@ def test_unknown_model_is_404(client: TestClient) -> None:
     assert_error(client.post("/retrieve", json={"query": "x", "model": "fake/2"}), 404, "model")
 
 
-def test_health_and_readiness(client: TestClient, engine: FakeEngine) -> None:
-    assert client.get("/healthz").json() == {"status": "alive"}
-    r = client.get("/readyz")
-    assert r.status_code == 200 and r.json()["models"] == ["fake/1"]
-    engine.ready = False
-    assert_error(client.get("/readyz"), 503, None)
-    assert client.get("/healthz").status_code == 200
+def wait_for(client: TestClient, path: str, status: int, timeout_s: float = 10) -> Response:
+    deadline = time.monotonic() + timeout_s
+    while (r := client.get(path)).status_code != status:
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.01)
+    return r
+
+
+def test_health_and_readiness(tmp_path: Path) -> None:
+    """/readyz reports the background check's result: a failing engine turns it 503 at the next check."""
+    (tmp_path / "models").mkdir()
+    engine = FakeEngine()
+    with TestClient(create_app(Settings(home=tmp_path, readiness_interval_s=0.05), Registry({"fake": engine}))) as c:
+        assert c.get("/healthz").json() == {"status": "alive"}
+        r = wait_for(c, "/readyz", 200)
+        assert r.json()["models"] == ["fake/1"] and r.json()["checks"]["fake/1"]["ok"] is True
+        engine.ready = False
+        r = wait_for(c, "/readyz", 503)
+        assert_error(r, 503, None)
+        assert "fake/1: last check failed" in r.json()["error"]["message"]
+        assert c.get("/healthz").status_code == 200
+        engine.ready = True
+        wait_for(c, "/readyz", 200)
 
 
 def test_empty_registry_is_not_ready(tmp_path: Path) -> None:
