@@ -109,7 +109,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             log.info("serving %s", [e.model_ref + " on " + e.index_ref for e in app.state.registry.served()])
         app.state.registry.observers.append(metrics.on_registry_event)
         batcher.start()
-        readiness.start(app.state.registry, batcher)
+        await readiness.start(app.state.registry, batcher)  # the first real check, then in the background
         poller = (asyncio.create_task(_poll_indexes(app.state.registry, settings.index_poll_interval_s))
                   if settings.index_poll_interval_s else None)
         try:

@@ -50,11 +50,13 @@ class Readiness:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def start(self, registry: Registry, batcher: Batcher) -> None:
-        """Start the background checks (inside the running event loop) and re-check on registry events."""
+    async def start(self, registry: Registry, batcher: Batcher) -> None:
+        """Run the first check now (the batcher started), then the background checks; re-check on registry
+        events. Call inside the running event loop, in the app's lifespan."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         registry.observers.append(lambda event, ref, result: self.wake())
+        await self._check_all(registry, batcher)
         self._task = self._loop.create_task(self._run(registry, batcher), name="realmqa-readiness")
 
     async def stop(self) -> None:
@@ -81,21 +83,23 @@ class Readiness:
             log.exception("readiness check of %s failed", engine.model_ref)
             return CheckResult(False, time.monotonic(), f"engine error ({type(e).__name__})")
 
+    async def _check_all(self, registry: Registry, batcher: Batcher) -> None:
+        results = {}
+        for engine in registry.served():
+            results[_key(engine)] = r = await self.check(engine, batcher)
+            if not r.ok:
+                log.warning("readiness check of %s failed: %s", engine.model_ref, r.error)
+        self.results = results
+
     async def _run(self, registry: Registry, batcher: Batcher) -> None:
         assert self._wake is not None
         while True:
-            self._wake.clear()
-            engines = registry.served()
-            results = {}
-            for engine in engines:
-                results[_key(engine)] = r = await self.check(engine, batcher)
-                if not r.ok:
-                    log.warning("readiness check of %s failed: %s", engine.model_ref, r.error)
-            self.results = results
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
             except asyncio.TimeoutError:
                 pass
+            self._wake.clear()
+            await self._check_all(registry, batcher)
 
     def state(self, registry: Registry, batcher: Batcher) -> tuple[bool, str, dict[str, object]]:
         """(ready, why not, per-model detail) from state alone: no engine call."""

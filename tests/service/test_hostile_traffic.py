@@ -180,15 +180,19 @@ def test_healthz_answers_while_unload_waits_for_a_slow_activation(tiny_home: Pat
     with TestClient(app) as c, ThreadPoolExecutor(2) as pool:
         wait_for(c, "/readyz", 200)
         activating = pool.submit(c.post, "/v1/indexes/tiny/versions/1/activate", headers=AUTH)
-        assert engine.entered.wait(5)
-        unloading = pool.submit(c.post, "/v1/models/tiny/versions/1/unload", headers=AUTH)
-        time.sleep(0.2)
-        assert not unloading.done()  # it waits for the registry lock
-        for _ in range(5):
-            t0 = time.monotonic()
-            assert c.get("/healthz").status_code == 200
-            assert time.monotonic() - t0 < 0.1
-        engine.gate.set()
+        try:
+            assert engine.entered.wait(10), activating.result(1).text if activating.done() else "not entered"
+            unloading = pool.submit(c.post, "/v1/models/tiny/versions/1/unload", headers=AUTH)
+            time.sleep(0.2)
+            assert not unloading.done()  # it waits for the registry lock
+            took = []
+            for _ in range(5):
+                t0 = time.monotonic()
+                assert c.get("/healthz").status_code == 200
+                took.append(time.monotonic() - t0)
+            assert sorted(took)[2] < 0.1 and max(took) < 1.0, took  # the median; a busy shared CPU may stall one
+        finally:
+            engine.gate.set()
         assert activating.result(10).json()["index"] == "tiny/1"
         assert unloading.result(10).json() == {"model": "tiny/1", "state": "unloaded"}
 
