@@ -1,4 +1,5 @@
-"""FastAPI dependencies as ``Annotated`` aliases; the only code that reads ``app.state``."""
+"""FastAPI dependencies as ``Annotated`` aliases; the only code that reads ``app.state``. They are ``async``: FastAPI
+runs a plain ``def`` dependency in a worker thread, a thread hop per dependency per request."""
 
 from __future__ import annotations
 
@@ -16,23 +17,23 @@ from service.registry import Registry
 from service.settings import Settings
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def _registry(request: Request) -> Registry:
+async def _registry(request: Request) -> Registry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
-def _batcher(request: Request) -> Batcher:
+async def _batcher(request: Request) -> Batcher:
     return request.app.state.batcher  # type: ignore[no-any-return]
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
-def _readiness(request: Request) -> Readiness:
+async def _readiness(request: Request) -> Readiness:
     return request.app.state.readiness  # type: ignore[no-any-return]
 
 
@@ -41,7 +42,8 @@ _bearer = HTTPBearer(auto_error=False, scheme_name="admin",
                      description="the admin token (REALMQA_ADMIN_TOKEN or REALMQA_ADMIN_TOKEN_FILE)")
 
 
-def _admin(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]) -> None:
+async def _admin(request: Request,
+                 credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]) -> None:
     """Admin routes: ``Authorization: Bearer <admin_token>``, compared in constant time.
 
     Raises:
