@@ -170,10 +170,12 @@ class Batcher:
 
     async def _loop(self) -> None:
         assert self._wake is not None
-        while True:
-            while not self._jobs:
+        while not self._closed:  # a flag as well as cancel: 3.11's wait_for can swallow a cancellation
+            while not self._jobs and not self._closed:
                 self._wake.clear()
                 await self._wake.wait()
+            if self._closed:
+                return
             await self._gather_window()
             batch = self._take_batch()
             if batch:
@@ -253,6 +255,8 @@ class Batcher:
         while (self._jobs or self._running) and self.failure is None and time.monotonic() < end:
             await asyncio.sleep(0.01)
         self._closed = True
+        if self._wake is not None:
+            self._wake.set()
         left = [j for j in (*self._jobs, *self._running) if not j.future.done()]
         for job in left:
             self._reject("shutdown")

@@ -49,6 +49,7 @@ class Readiness:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self, registry: Registry, batcher: Batcher) -> None:
         """Run the first check now (the batcher started), then the background checks; re-check on registry
@@ -60,6 +61,11 @@ class Readiness:
         self._task = self._loop.create_task(self._run(registry, batcher), name="realmqa-readiness")
 
     async def stop(self) -> None:
+        """End the background checks. A flag as well as a cancel: Python 3.11's ``asyncio.wait_for`` can swallow
+        a cancellation that arrives as its awaitable completes, and the loop must end anyway."""
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -93,13 +99,14 @@ class Readiness:
 
     async def _run(self, registry: Registry, batcher: Batcher) -> None:
         assert self._wake is not None
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
-            await self._check_all(registry, batcher)
+            if not self._stopping:
+                await self._check_all(registry, batcher)
 
     def state(self, registry: Registry, batcher: Batcher) -> tuple[bool, str, dict[str, object]]:
         """(ready, why not, per-model detail) from state alone: no engine call."""
