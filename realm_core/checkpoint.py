@@ -6,14 +6,14 @@ in ``ignore`` (prefixes) rather than silently dropped.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from realm_core.atomic import publish_file
 
 
 class CheckpointError(ValueError):
@@ -73,16 +73,6 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path: str | Path,
                             metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file through a temporary name in the same directory, fsync, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; published weights are readable by all
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a safetensors file atomically, readable by all (:func:`realm_core.atomic.publish_file`)."""
+    publish_file(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                                             metadata=metadata))

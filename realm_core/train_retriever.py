@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from realm_core.atomic import fsync_dir, write_atomic
+from realm_core.atomic import fsync_dir, publish_file, write_atomic
 from realm_core.checkpoint import save_safetensors_atomic
 from realm_core.embedder import Embedder
 from realm_core.evaluation import has_answer
@@ -136,17 +136,8 @@ def train_step(embedder: Embedder, tokenizer: WordPieceTokenizer, index: Any, bl
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """torch.save through a temporary file in the same directory, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save published atomically (:func:`realm_core.atomic.publish_file`)."""
+    publish_file(path, lambda tmp: torch.save(state, tmp))
 
 
 def _link_or_copy(src: str, dst: str) -> None:
