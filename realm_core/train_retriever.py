@@ -179,7 +179,7 @@ def write_model_version(base: Path, models_dir: Path, name: str, embedder: Embed
         dataclasses.replace(spec, query_embedder=EmbedderSpec("realmqa", "query_embedder"), block_embedder=spec.block,
                             card={**spec.card, "query_embedder": card}).write(staging)
         staging.chmod(0o755)
-        taken = max((int(p.name) for p in parent.iterdir() if p.name.isdigit()), default=0)
+        taken = max((int(p.name) for p in parent.iterdir() if p.name.isascii() and p.name.isdigit()), default=0)
         for version in range(taken + 1, taken + 9):
             try:
                 os.rename(staging, parent / str(version))  # fails if another publisher took the number

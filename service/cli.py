@@ -236,6 +236,7 @@ def cmd_ask(a: argparse.Namespace) -> None:
 def cmd_train_retriever(a: argparse.Namespace) -> None:
     import dataclasses
 
+    from index.home import Home, split_ref
     from index.version import open_version
     from realm_core.embedder import Embedder
     from realm_core.model_dir import load_model_dir
@@ -246,14 +247,17 @@ def cmd_train_retriever(a: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(a.threads)
-    home = Path(a.home)
-    name, _, ver = a.model.partition("/")
-    iname, _, iver = a.index.partition("/")
-    if not ver.isdigit() or not iver.isdigit():
-        raise SystemExit("realmqa: --model and --index take name/version")
-    base = home / "models" / name / ver
-    model = load_model_dir(base, name, int(ver))
-    iv = open_version(home / "indexes", iname, int(iver))
+    home = Home(a.home)
+    try:
+        name, ver = home.resolve_model(a.model)
+        iname, iver = split_ref(a.index)
+    except (ValueError, LookupError) as e:
+        raise SystemExit(f"realmqa: {e}") from None
+    if iver is None:
+        raise SystemExit("realmqa: --index takes name/version")
+    base = home.model_dir(name, ver)
+    model = load_model_dir(base, name, ver)
+    iv = open_version(home.indexes_dir, iname, iver)
     table = iv.blocks._table
     block_ids, block_texts = table.column("id").to_pylist(), table.column("text").to_pylist()
     exclude = {art["title"] for art in load_squad(a.exclude)} if a.exclude else set()
@@ -273,7 +277,7 @@ def cmd_train_retriever(a: argparse.Namespace) -> None:
     card = {"trained_by": "realmqa train-retriever (REALM §3.3/§4.5: query embedder only, index frozen)",
             "base": model.ref, "index": iv.ref, "steps": steps, "questions_seen": steps * opts.batch_size,
             "train_questions": len(qs), "squad": Path(a.squad).name, "options": dataclasses.asdict(opts)}
-    out = write_model_version(base, home / "models", a.out_model, embedder, model.query.tokenizer, card)
+    out = write_model_version(base, home.models_dir, a.out_model, embedder, model.query.tokenizer, card)
     print(f"{a.out_model}/{out.name}")
 
 

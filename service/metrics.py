@@ -12,6 +12,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from index.home import parse_version
 from service.engine import Engine, ReadStats
 
 # Buckets, chosen per stage from what each one costs (CPU figures from this project; GPU and large indexes
@@ -132,8 +133,8 @@ class Metrics:
             index, _, iversion = e.index_ref.partition("/")
             self.model_info.labels(name, version, index, iversion).set(1)
             self.index_blocks.labels(index, iversion).set(e.block_count)
-            if iversion.isdigit():
-                self.index_version.labels(e.model_ref, index).set(int(iversion))
+            if (v := parse_version(iversion)) is not None:
+                self.index_version.labels(e.model_ref, index).set(v)
         self.queue_depth.set(queue_depth)
         return generate_latest(self.registry)
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import make_home, write_corpus
 from tests.service.serve_process import start_serve
@@ -37,3 +38,15 @@ def test_bad_setting_is_named(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "setting home (REALMQA_HOME)" in out.stderr
+
+
+def test_train_retriever_refuses_a_non_ascii_version_with_a_message(tmp_path: Path) -> None:
+    """Regression: ``'²'.isdigit()`` is true, so ``--model m/²`` reached ``int('²')`` and died with a traceback."""
+    from service.cli import main
+
+    (tmp_path / "models").mkdir()
+    for model, index in (("m/²", "m/1"), ("m/1", "m/²")):
+        with pytest.raises(SystemExit) as e:
+            main(["train-retriever", "--home", str(tmp_path), "--model", model, "--index", index,
+                  "--squad", str(tmp_path / "none.json"), "--work", str(tmp_path / "w"), "--out-model", "o"])
+        assert "realmqa:" in str(e.value.code)
