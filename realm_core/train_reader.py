@@ -6,6 +6,19 @@ Loss: negative marginal log-likelihood over every occurrence of the answer in th
 question reads its gold paragraph and ``negatives`` other paragraphs of the same article, so the
 reader learns to prefer spans in the right block. Whole articles are held out (``heldout_questions``
 questions at least) and written as SQuAD-format JSON for evaluation; no held-out paragraph is trained on.
+
+Warm start and resumption:
+
+- ``--init-reader DIR_OR_FILE`` starts from an existing reader (``reader.safetensors`` + ``reader_config.json``
+  beside it, fp16 or fp32) instead of a backbone with a fresh span head; ``--seen-questions N`` says that the
+  first N questions of the seeded order were already trained on (by the run that made that reader), so they
+  are read last.
+- Every ``--save-every`` steps (and when a run stops early) ``OUT/checkpoint/train_state.pt`` is published
+  atomically with the weights, AdamW and scheduler state, the step, the elapsed seconds and torch's RNG state.
+  ``--resume`` continues from it: the data order is a function of the step (a seeded shuffle), so a resumed
+  run reads the same batches, and with ``--max-minutes 0`` it reaches the same weights as an uninterrupted run.
+  ``--max-steps`` ends a run after that many steps of this invocation (a slice; the schedule still spans all
+  steps).
 """
 
 from __future__ import annotations
@@ -24,11 +37,12 @@ from typing import Any
 
 import torch
 
+from realm_core.atomic import publish_file, write_atomic
 from realm_core.bert import BertConfig, init_weights
 from realm_core.checkpoint import load_mapped, load_safetensors, save_safetensors_atomic
 from realm_core.evaluation import exact_match, f1_score
 from realm_core.qa import BeamBlock, answer, read_beams
-from realm_core.reader import ReaderConfig, SpanReader, marginal_log_likelihood
+from realm_core.reader import ReaderConfig, SpanReader, marginal_log_likelihood, reader_config_from_dict
 from realm_core.tokenizer import Pieces, WordPieceTokenizer
 
 log = logging.getLogger(__name__)
@@ -72,6 +86,7 @@ def find_correct_spans(block: Pieces, answers: list[Pieces], max_span_width: int
 
 @dataclass
 class Example:
+    id: str  # the SQuAD question id
     question: Pieces
     blocks: list[Pieces]  # gold first, then negatives; already cut to the reader's budget
     correct: list[list[tuple[int, int]]]  # per block
@@ -111,7 +126,7 @@ def build_examples(
             qas = p["qas"]
             qs = tok.pieces([qa["question"] for qa in qas])
             ans = [tok.pieces([a["text"] for a in qa["answers"]]) for qa in qas]
-            for q, a in zip(qs, ans):
+            for qa, q, a in zip(qas, qs, ans):
                 q = Pieces(q.ids[:max_question_tokens], q.offsets[:max_question_tokens])
                 budget = reader_seq_len - len(q.ids) - 3
                 others = [j for j in range(len(paras)) if j != pi]
@@ -128,7 +143,7 @@ def build_examples(
                             [sp for sp in correct[j] if sp[1] < train_window],
                         )
                 if correct[0]:
-                    examples.append(Example(q, blocks, correct))
+                    examples.append(Example(str(qa["id"]), q, blocks, correct))
     return examples
 
 
@@ -181,6 +196,77 @@ def new_reader(backbone_dir: Path, cfg_overrides: dict[str, Any]) -> SpanReader:
     return reader
 
 
+def reader_files(path: str | Path) -> tuple[Path, Path]:
+    """(weights, config) of a saved reader: a directory holding ``reader.safetensors`` and
+    ``reader_config.json``, or the weights file itself with the config beside it.
+
+    Raises:
+        FileNotFoundError: either file is missing.
+    """
+    path = Path(path)
+    weights = path / "reader.safetensors" if path.is_dir() else path
+    config = weights.parent / "reader_config.json"
+    for f in (weights, config):
+        if not f.is_file():
+            raise FileNotFoundError(f"--init-reader: no {f}")
+    return weights, config
+
+
+def load_reader(path: str | Path) -> SpanReader:
+    """A saved reader (see :func:`reader_files`), in fp32 whatever the file's dtype."""
+    weights, config = reader_files(path)
+    reader = SpanReader(reader_config_from_dict(json.loads(config.read_text())))
+    load_mapped(reader, {k: v.float() for k, v in load_safetensors(weights).items()}, {"": ""})
+    return reader
+
+
+def seen_last(examples: list[Example], seen: int) -> list[Example]:
+    """The seeded order with its first ``seen`` questions (already trained on) moved to the end."""
+    seen = min(max(seen, 0), len(examples))
+    return examples[seen:] + examples[:seen]
+
+
+# Arguments that fix the data order and the schedule: a resumed run must be given the same ones.
+ORDER_ARGS = ("seed", "heldout_questions", "max_questions", "seen_questions", "epochs", "batch_size", "negatives",
+              "reader_seq_len", "max_question_tokens", "train_window", "lr", "warmup", "max_minutes")
+
+
+def save_checkpoint(out: Path, reader: SpanReader, opt: torch.optim.Optimizer, sched: Any, step: int,
+                    elapsed_s: float, args: dict[str, Any], questions: int) -> None:
+    """Publish ``out/checkpoint/``: fp32 reader files for evaluation, ``progress.json``, and last (the file
+    ``--resume`` reads, self-contained) ``train_state.pt``, each atomically."""
+    ck = out / "checkpoint"
+    save_reader(reader, ck, torch.float32)
+    write_atomic(ck / "progress.json", json.dumps({"steps": step, "questions": questions}))
+    state = {
+        "reader": reader.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "step": step,
+        "elapsed_s": elapsed_s,
+        "torch_rng": torch.get_rng_state(),
+        "args": {k: args[k] for k in ORDER_ARGS},
+    }
+    publish_file(ck / "train_state.pt", lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(out: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """The state :func:`save_checkpoint` wrote.
+
+    Raises:
+        SystemExit: no state in ``out/checkpoint``, or it was written with other data-order arguments.
+    """
+    path = out / "checkpoint" / "train_state.pt"
+    if not path.is_file():
+        raise SystemExit(f"realmqa train-reader: --resume: no {path}")
+    st: dict[str, Any] = torch.load(path, weights_only=False)
+    diff = {k: (st["args"].get(k), args[k]) for k in ORDER_ARGS if st["args"].get(k) != args[k]}
+    if diff:
+        raise SystemExit(f"realmqa train-reader: --resume: {path} was written with other arguments "
+                         f"(saved, given): {diff}")
+    return st
+
+
 @torch.no_grad()
 def evaluate_gold(
     reader: SpanReader,
@@ -219,18 +305,27 @@ def save_reader(reader: SpanReader, out: Path, dtype: torch.dtype) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to(dtype) for k, v in reader.state_dict().items()}
     save_safetensors_atomic(tensors, out / "reader.safetensors")
-    (out / "reader_config.json").write_text(json.dumps(dataclasses.asdict(reader.config), indent=2))
+    write_atomic(out / "reader_config.json", json.dumps(dataclasses.asdict(reader.config), indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="realmqa train-reader", description=__doc__)
+    p = argparse.ArgumentParser(prog="realmqa train-reader", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--squad", required=True, help="SQuAD v1.1 train JSON (.json or .json.gz)")
-    p.add_argument("--backbone", required=True, help="HF-format BERT dir: config.json, model.safetensors, tokenizer")
+    p.add_argument("--backbone", help="HF-format BERT dir: config.json, model.safetensors, tokenizer "
+                   "(required unless --init-reader; with it, only the tokenizer is read from here)")
+    p.add_argument("--init-reader", help="start from this reader: a dir with reader.safetensors + "
+                   "reader_config.json (+ tokenizer.json when there is no --backbone), or the weights file")
+    p.add_argument("--seen-questions", type=int, default=0,
+                   help="the first N questions of the seeded order were already trained on: read them last")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint/train_state.pt")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--heldout-questions", type=int, default=2000)
     p.add_argument("--max-questions", type=int, default=0, help="train on at most this many questions (0: all)")
-    p.add_argument("--max-minutes", type=float, default=0, help="stop after this long (0: no limit)")
+    p.add_argument("--max-minutes", type=float, default=0,
+                   help="stop after this long, counted across resumed runs (0: no limit)")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps of this run (0: no limit)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=16, help="questions per step")
     p.add_argument("--negatives", type=int, default=1, help="other paragraphs of the article read per question")
@@ -244,30 +339,45 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200, help="steps between checkpoints")
     a = p.parse_args(argv)
+    if not a.backbone and not a.init_reader:
+        p.error("one of --backbone and --init-reader is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     out = Path(a.out)
+    state = load_checkpoint(out, vars(a)) if a.resume else None
+    if state is None and (out / "checkpoint" / "train_state.pt").is_file():
+        raise SystemExit(f"realmqa train-reader: {out}/checkpoint/train_state.pt exists: pass --resume, "
+                         "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    backbone = Path(a.backbone)
-    tok = WordPieceTokenizer.from_dir(backbone)
+    if a.init_reader:
+        reader = load_reader(a.init_reader)
+        tok = WordPieceTokenizer.from_dir(Path(a.backbone) if a.backbone else reader_files(a.init_reader)[0].parent)
+    else:
+        reader = new_reader(Path(a.backbone), {})
+        tok = WordPieceTokenizer.from_dir(Path(a.backbone))
+    cfg = reader.config
     articles = load_squad(a.squad)
     train_arts, held_arts = split_heldout(articles, a.heldout_questions, a.seed)
-    (out / "heldout.json").write_text(json.dumps({"version": "1.1", "data": held_arts}))
-    reader = new_reader(backbone, {})
-    cfg = reader.config
+    write_atomic(out / "heldout.json", json.dumps({"version": "1.1", "data": held_arts}))
     examples = build_examples(
         tok, train_arts, cfg, a.reader_seq_len, a.max_question_tokens, a.negatives, a.seed, a.train_window
     )
     random.Random(a.seed).shuffle(examples)
+    examples = seen_last(examples, a.seen_questions)
     if a.max_questions:
         examples = examples[: a.max_questions]
     steps = math.ceil(len(examples) * a.epochs / a.batch_size)
     log.info("train %d questions (%d held-out articles), %d steps", len(examples), len(held_arts), steps)
     opt = torch.optim.AdamW(reader.parameters(), lr=a.lr, weight_decay=0.01)
     warm = max(1, int(steps * a.warmup))
-    t0 = time.time()
+    start = 0
+    elapsed0 = 0.0
+    if state is not None:
+        reader.load_state_dict(state["reader"])
+        start, elapsed0 = int(state["step"]), float(state["elapsed_s"])
+    t0 = time.time() - elapsed0  # the time budget counts the earlier runs too
 
     def lr_factor(s: int) -> float:
         # Linear warm-up, then linear decay to 0 over the steps or the time budget, whichever ends first.
@@ -277,9 +387,20 @@ def main(argv: list[str] | None = None) -> None:
         return min((s + 1) / warm, max(0.0, 1.0 - progress) / max(1e-9, 1.0 - a.warmup))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    done = 0
+    if state is not None:
+        # After the scheduler is made: making it sets the optimizer's learning rate for step 0.
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])  # dropout masks continue as they would have
+        log.info("resumed from %s at step %d (%.0f s trained)", out / "checkpoint", start, elapsed0)
+    done = start
+
+    def checkpoint() -> None:
+        save_checkpoint(out, reader, opt, sched, done, time.time() - t0, vars(a),
+                        min(done * a.batch_size, len(examples) * a.epochs))
+
     reader.train()
-    for step in range(steps):
+    for step in range(start, steps):
         i = (step * a.batch_size) % len(examples)
         batch = examples[i : i + a.batch_size]
         inputs, correct = collate(tok, batch, a.reader_seq_len, cfg.max_span_width)
@@ -300,20 +421,21 @@ def main(argv: list[str] | None = None) -> None:
                 sched.get_last_lr()[0],
                 time.time() - t0,
             )
-        if done % a.save_every == 0:
-            save_reader(reader, out / "checkpoint", torch.float32)
-            (out / "checkpoint" / "progress.json").write_text(
-                json.dumps({"steps": done, "questions": done * a.batch_size})
-            )
-        if a.max_minutes and time.time() - t0 > a.max_minutes * 60 or lr_factor(done) == 0.0:
+        spent = a.max_minutes and time.time() - t0 > a.max_minutes * 60 or lr_factor(done) == 0.0
+        sliced = a.max_steps and done - start >= a.max_steps
+        if done % a.save_every == 0 or (spent or sliced) and done < steps:
+            checkpoint()
+        if spent:
             log.info("stopping at step %d: the time budget or the learning-rate schedule is spent", done)
+            break
+        if sliced:
+            log.info("stopping at step %d: --max-steps %d done in this run", done, a.max_steps)
             break
     train_s = time.time() - t0
     save_reader(reader, out, torch.float16)
     tok.save(out)
     # Evaluate what is shipped: the fp16 weights, loaded back in fp32.
-    shipped = SpanReader(cfg)
-    load_mapped(shipped, load_safetensors(out / "reader.safetensors"), {"": ""})
+    shipped = load_reader(out)
     scores = evaluate_gold(shipped, tok, held_arts, a.reader_seq_len, a.max_question_tokens)
     report = {
         "steps": done,
@@ -323,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         "heldout": scores,
         "args": vars(a),
     }
-    (out / "train_report.json").write_text(json.dumps(report, indent=2))
+    write_atomic(out / "train_report.json", json.dumps(report, indent=2))
     log.info("held-out gold-paragraph EM %.2f F1 %.2f on %d questions", scores["em"], scores["f1"], scores["questions"])
 
 

@@ -94,3 +94,101 @@ def test_evaluate_gold_equals_each_question_alone() -> None:
     assert got["em"] == pytest.approx(100 * em / len(items))
     assert got["f1"] == pytest.approx(100 * f1 / len(items))
     assert 0 < em < len(items)
+
+
+def _tiny_reader_dir(root, tok: WordPieceTokenizer):
+    """A random 1-layer, 16-wide reader saved as train-reader saves one (fp16), with the bundled tokenizer."""
+    import torch
+
+    from realm_core.reader import SpanReader
+    from realm_core.train_reader import save_reader
+
+    torch.manual_seed(0)
+    bert = BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                      max_position_embeddings=128)
+    reader = SpanReader(ReaderConfig(bert=bert, span_hidden_size=8, relevance_scale=3.0))
+    save_reader(reader, root, torch.float16)
+    tok.save(root)
+    return reader
+
+
+def _squad_file(path):
+    """Three held-out articles of the bundled set, cut small: one is held out again, two are trained on."""
+    import json
+
+    heldout = json.loads((BUNDLED_MODEL.parents[2] / "heldout" / "squad-train-heldout.json").read_text())
+    data = [{"title": a["title"], "paragraphs": [{**p, "qas": p["qas"][:3]} for p in a["paragraphs"][:4]]}
+            for a in heldout["data"][:3]]
+    path.write_text(json.dumps({"version": "1.1", "data": data}))
+    return path
+
+
+def test_resume_after_a_stop_reaches_the_weights_of_an_uninterrupted_run(tmp_path, tok) -> None:
+    """Warm-started from a saved tiny reader: 2 steps, stop, --resume to the end == all steps in one run,
+    bit for bit (same batches, AdamW moments, schedule and dropout masks); the checkpoint says where it stopped."""
+    import json
+
+    from realm_core.checkpoint import load_safetensors
+    from realm_core.train_reader import main
+
+    init = tmp_path / "init"
+    _tiny_reader_dir(init, tok)
+    squad = _squad_file(tmp_path / "squad.json")
+    def args(seed: int = 5) -> list[str]:
+        return ["--squad", str(squad), "--init-reader", str(init), "--seed", str(seed), "--heldout-questions", "1",
+                "--batch-size", "4", "--negatives", "1", "--lr", "0.003", "--warmup", "0.2", "--save-every", "3",
+                "--reader-seq-len", "96", "--max-question-tokens", "16", "--threads", "1"]
+
+    common = args()
+    main([*common, "--out", str(tmp_path / "whole")])
+    report = json.loads((tmp_path / "whole" / "train_report.json").read_text())
+    assert report["steps"] >= 5
+
+    main([*common, "--out", str(tmp_path / "cut"), "--max-steps", "2"])
+    progress = json.loads((tmp_path / "cut" / "checkpoint" / "progress.json").read_text())
+    assert progress == {"steps": 2, "questions": 8}
+    with pytest.raises(SystemExit, match="--resume"):  # a second run never overwrites a checkpoint silently
+        main([*common, "--out", str(tmp_path / "cut")])
+    with pytest.raises(SystemExit, match="seed"):  # nor resumes with another data order
+        main([*args(seed=6), "--out", str(tmp_path / "cut"), "--resume"])
+    main([*common, "--out", str(tmp_path / "cut"), "--resume"])
+
+    whole = load_safetensors(tmp_path / "whole" / "reader.safetensors")
+    cut = load_safetensors(tmp_path / "cut" / "reader.safetensors")
+    init_w = load_safetensors(init / "reader.safetensors")
+    assert whole.keys() == cut.keys() == init_w.keys()
+    assert all(torch_equal(whole[k], cut[k]) for k in whole)
+    assert not all(torch_equal(whole[k], init_w[k]) for k in whole)  # it trained
+    assert json.loads((tmp_path / "cut" / "train_report.json").read_text())["steps"] == report["steps"]
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_init_reader_loads_the_saved_weights_and_config(tmp_path, tok) -> None:
+    import torch
+
+    from realm_core.train_reader import load_reader
+
+    saved = _tiny_reader_dir(tmp_path / "r", tok)
+    for where in (tmp_path / "r", tmp_path / "r" / "reader.safetensors"):
+        got = load_reader(where)
+        assert got.config == saved.config
+        for k, v in saved.state_dict().items():
+            assert torch.equal(got.state_dict()[k], v.to(torch.float16).float()), k
+    with pytest.raises(FileNotFoundError, match="reader_config.json"):
+        (tmp_path / "r" / "reader_config.json").unlink()
+        load_reader(tmp_path / "r")
+
+
+def test_seen_questions_are_read_last(tok: WordPieceTokenizer) -> None:
+    from realm_core.train_reader import seen_last
+
+    cfg = ReaderConfig(bert=BertConfig())
+    examples = build_examples(tok, ARTICLES, cfg, 64, 16, negatives=0, seed=0)
+    assert [e.id for e in examples] == ["1", "2", "3"]
+    assert [e.id for e in seen_last(examples, 2)] == ["3", "1", "2"]
+    assert [e.id for e in seen_last(examples, 0)] == ["1", "2", "3"]
