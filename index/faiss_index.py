@@ -20,7 +20,6 @@ from index.options import SearchParams
 log = logging.getLogger(__name__)
 
 
-
 def new_index(d: int, factory: str = "Flat") -> faiss.Index:
     """An empty inner-product index from a faiss ``index_factory`` string ("Flat" is exact MIPS).
 
@@ -45,6 +44,23 @@ def search(index: faiss.Index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     k = min(k, index.ntotal)
     D, I = index.search(xq, k)
     return D, I
+
+
+def search_first_rows(index: faiss.Index, xq: np.ndarray, k: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search` restricted to rows ``[0, rows)`` where the kind scans every stored code (Flat, SQ: an
+    ``IndexFlatCodes``, through ``faiss.IDSelectorRange``), so that only those rows' pages are read; other kinds
+    (IVF, HNSW: a search reads a few lists or graph nodes anyway; a kind that takes no selector, e.g. PQ; a GPU
+    copy) search in full."""
+    if isinstance(faiss.downcast_index(index), faiss.IndexFlatCodes):
+        try:
+            sel = faiss.IDSelectorRange(0, min(rows, index.ntotal))
+            params = faiss.SearchParameters()
+            params.sel = sel  # the local keeps the selector alive through the search
+            return index.search(np.ascontiguousarray(xq, dtype=np.float32), min(k, rows, index.ntotal),
+                                params=params)
+        except RuntimeError:  # this kind's search takes no selector
+            pass
+    return search(index, xq, k)
 
 
 def needs_training(d: int, factory: str) -> bool:

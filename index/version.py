@@ -196,17 +196,13 @@ def validate(root: Path, m: Manifest, full: bool = False) -> tuple[faiss.Index, 
 
 def read_mapped(path: Path) -> faiss.Index:
     """A FAISS index file opened through a memory map where faiss can (flat codes, HNSW storage, inverted
-    lists): opening costs no read, pages come from the page cache as searches touch them (and can be evicted),
-    and the kernel is asked to read the file ahead sequentially. The index must not be modified.
+    lists): opening costs no read, pages come from the page cache as searches touch them (and can be evicted).
+    faiss advises the mapping ``MADV_RANDOM`` (a fault reads one page): bring it in with
+    :func:`index.resident.warm_file` before it serves. The index must not be modified.
 
     Raises:
         IndexVersionError: faiss cannot read the file.
     """
-    try:
-        with open(path, "rb") as f:
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)  # sequential read-ahead, asynchronous
-    except OSError:
-        pass  # advice only
     last: RuntimeError | None = None
     # IO_FLAG_MMAP_IFC maps flat codes (Flat, HNSW storage); IVF kinds refuse it with IO_FLAG_MMAP
     for flags in (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC, faiss.IO_FLAG_MMAP):

@@ -18,15 +18,18 @@ from typing import Protocol
 import torch
 
 from index.block_store import Block
-from index.faiss_index import search, to_searcher
+from index.faiss_index import search, search_first_rows, to_searcher
 from index.hybrid import hybrid_search, open_bm25
-from index.version import IndexVersion
+from index.resident import Warmup, warm_index_file
+from index.version import IndexVersion, version_files
 from realm_core import qa
 from realm_core.model_dir import QAModel, embed_texts
 from realm_core.tokenizer import Pieces
 from service.errors import InvalidInput, NotReady
 
 log = logging.getLogger(__name__)
+
+SMOKE_ROWS = 4096  # rows a swap's smoke search scans (Flat, SQ: the full index is not read for it)
 
 
 @dataclass
@@ -124,6 +127,8 @@ class QAEngine:
     def __init__(self, model: QAModel, index: IndexVersion, max_pass_tokens: int = 65536) -> None:
         check_pair(model, index)
         self.model, self.index = model, index
+        self.warmer = warm_index_file  # (index file, bytes the serving version keeps) -> Warmup
+        self.last_warmup = self.warm(index)  # of the index last opened or swapped in
         # what searches: the index, or its GPU copy with its own GPU resources (used under _lock only)
         self._searcher = to_searcher(index.index)
         self.max_pass_tokens = max_pass_tokens  # padded tokens per reader pass (qa.read_beams)
@@ -261,18 +266,22 @@ class QAEngine:
         return Answer(candidate(r.best), sorted((candidate(c) for c in r.per_block), key=lambda c: -c.score))
 
     def swap_index(self, index: IndexVersion) -> str:
-        """Serve ``index`` from the next batch on: check it (embedder, dimension, one real search), then
-        replace the one reference under the batch lock, so the batch in flight finishes on the old version
-        and every later one runs on the new; the old version is then closed. Returns the old ref.
+        """Serve ``index`` from the next batch on: check it (embedder, dimension), bring its index file into
+        memory (:meth:`warm`), run one real search over its first :data:`SMOKE_ROWS` rows and fetch the block
+        found, then replace the one reference under the batch lock, so the batch in flight finishes on the old
+        version and every later one runs on the new; the old version is then closed. Everything before the
+        swap runs outside the batch lock: the old version serves meanwhile. Returns the old ref.
 
         Raises:
             ValueError: the new index fails a check; the old one keeps serving.
+            OSError: its index file cannot be read while warming.
         """
         check_pair(self.model, index)
+        self.last_warmup = self.warm(index)
         hybrid = open_bm25(index)
         searcher = to_searcher(index.index)
         xq = embed_texts(self.model.query, ["what is this?"]).numpy()
-        _, I = search(searcher[0], xq, 1)
+        _, I = search_first_rows(searcher[0], xq, 1, SMOKE_ROWS)
         if I.size == 0 or I[0, 0] < 0:
             raise ValueError(f"index {index.ref}: a smoke search returned no block")
         index.blocks.get([int(I[0, 0])])
@@ -282,6 +291,18 @@ class QAEngine:
         old.blocks.close()  # no batch holds it any more: they all run under _lock
         log.info("%s: swapped index %s -> %s", self.model.ref, old.ref, index.ref)
         return old.ref
+
+    def warm(self, index: IndexVersion) -> Warmup:
+        """Bring ``index``'s memory-mapped FAISS file (at start or before a swap) into memory (read ahead and mapped,
+        :func:`index.resident.warm_index_file`) within the memory left beside the version serving, so that
+        no request pays for the disk read; a kind faiss read into memory on open needs nothing. Called without
+        the batch lock. Where RAM cannot hold both versions, part of the file stays on disk (logged)."""
+        serving = version_files(self.index.root).faiss_index
+        keep = serving.stat().st_size if self.index is not index and serving.exists() else 0
+        w = self.warmer(version_files(index.root).faiss_index, keep)
+        log.info("%s: index %s warmed (%s): %.2f of %.2f GiB in %.1f s", self.model.ref, index.ref, w.method,
+                 w.warmed / 2**30, w.size / 2**30, w.seconds)
+        return w
 
     def check(self) -> None:
         """Readiness: embed, search and read one question for real.
