@@ -54,6 +54,30 @@ def test_store_round_trip_and_old_schema(tmp_path: Path, tok: WordPieceTokenizer
     assert [b.pieces for b in old.get([0, 1], tok.content_id)] == [None, None]
 
 
+def test_rows_across_record_batches_come_back_in_the_order_asked(tmp_path: Path, tok: WordPieceTokenizer) -> None:
+    """A store written in several record batches: any rows (repeated, unordered, from every batch) come back
+    as reading each row alone from the whole table, wordpieces included."""
+    texts = [f"Block number {i} is about topic {i * 7 % 5}." for i in range(11)]
+    blocks = [Block(str(i), f"t{i}", t) for i, t in enumerate(texts)]
+    cols = ReaderWordpieces(tok)
+    schema = pa.schema([*SCHEMA, *cols.fields])
+    with BlockStoreWriter(tmp_path / "s.arrow", schema=schema) as w:
+        for i in range(0, 11, 4):  # record batches of 4, 4 and 3 rows
+            part = blocks[i:i + 4]
+            w.add_table(pa.table({"id": [b.id for b in part], "title": [b.title for b in part],
+                                  "text": [b.text for b in part], **cols.columns(part)}, schema=schema))
+    store = BlockStore(tmp_path / "s.arrow")
+    assert store.table.column("text").num_chunks == 3
+    rows = [10, 0, 5, 5, 3, 8, 0, 7]
+    got = store.get(rows, tok.content_id)
+    assert [(b.id, b.title, b.text) for b in got] == [(blocks[r].id, blocks[r].title, blocks[r].text) for r in rows]
+    assert [b.pieces for b in got] == tok.pieces([texts[r] for r in rows])
+    assert [b.text for b in store.get(rows)] == [texts[r] for r in rows]
+    assert store.get([]) == []
+    with pytest.raises(IndexError, match="block row 11"):
+        store.get([0, 11])
+
+
 def test_content_id_is_the_tokenizers_content(tmp_path: Path, tok: WordPieceTokenizer) -> None:
     tok.save(tmp_path)  # the same tokenizer written again: the same id
     assert WordPieceTokenizer.from_dir(tmp_path).content_id == tok.content_id
