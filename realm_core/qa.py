@@ -16,13 +16,15 @@ at a time.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
+import numpy as np
 import torch
 
-from realm_core.reader import SpanReader, select_spans, span_candidates
+from realm_core.reader import SpanReader, span_candidates
 from realm_core.tokenizer import PairBatch, PairRow, Pieces, WordPieceTokenizer
 
 MASKED = torch.finfo(torch.float32).min  # a span not wholly inside the block (HF ``mask_to_score``)
@@ -60,35 +62,67 @@ class QAResult:
 
 @dataclass
 class Reading:
-    """One question's reader beam as the reader scored it, in HF ``RealmReader``'s layout.
+    """One question's reader beam as the reader scored it.
 
-    span_logits: (reader_beam, num_spans) float32 span scores of the rows padded to this question's longest
-    row, ``MASKED`` where a span is not wholly inside the block; the relevance score is not added.
-    starts, ends: (num_spans,) token positions of each span, end inclusive (:func:`span_candidates`).
+    Each row keeps the span scores of its own reader pass: ``row_scores[r]`` (num_spans of a row of
+    ``pass_len[r]`` tokens,) float32 in :func:`span_candidates`' width-major order, ``MASKED`` where a span is
+    not wholly inside the block, the relevance score not added. Spans are ordered by (width, start) in every
+    layout, so :func:`answer` applies HF's rule to these directly; :attr:`span_logits` lays them out as HF
+    ``RealmReader`` does for one question (its rows padded to its longest row), for comparisons with HF.
     """
 
     blocks: list[BeamBlock]
     rows: list[PairRow]
-    span_logits: torch.Tensor
-    starts: torch.Tensor
-    ends: torch.Tensor
+    row_scores: list[torch.Tensor]
+    pass_len: list[int]
+    max_span_width: int
     padded_tokens: int = 0  # tokens its rows took in their reader passes, padding included
+
+    @cached_property
+    def _layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        T_q = max(len(r) for r in self.rows)
+        starts, ends = span_candidates(T_q, self.max_span_width)
+        out = torch.full((len(self.rows), len(starts)), MASKED)
+        for j, (scores, T) in enumerate(zip(self.row_scores, self.pass_len)):
+            dst, src = _span_map(T, T_q, self.max_span_width)
+            out[j, dst] = scores[src]
+        return out, starts, ends
+
+    @property
+    def span_logits(self) -> torch.Tensor:
+        """(reader_beam, num_spans) float32 span scores in HF ``RealmReader``'s layout for this question (rows
+        padded to its longest row), ``MASKED`` where a span is not wholly inside the block; no relevance score."""
+        return self._layout[0]
+
+    @property
+    def starts(self) -> torch.Tensor:
+        """(num_spans,) token position of each span of :attr:`span_logits` (:func:`span_candidates`)."""
+        return self._layout[1]
+
+    @property
+    def ends(self) -> torch.Tensor:
+        """(num_spans,) token position of each span's last wordpiece (end inclusive)."""
+        return self._layout[2]
+
+    def relevance_terms(self, relevance_scale: float) -> torch.Tensor:
+        """(reader_beam,) float32 ``relevance_scale`` × relevance score of each block."""
+        return relevance_scale * torch.tensor([b.relevance for b in self.blocks], dtype=torch.float32)
 
     def logits(self, relevance_scale: float) -> torch.Tensor:
         """(reader_beam, num_spans) span score + ``relevance_scale`` × relevance score (HF ``RealmReader``:
-        ``relevance_score.unsqueeze(-1) + reader_logits``)."""
-        rel = torch.tensor([b.relevance for b in self.blocks], dtype=torch.float32)
-        return self.span_logits + relevance_scale * rel[:, None]
+        ``relevance_score.unsqueeze(-1) + reader_logits``), in :attr:`span_logits`' layout."""
+        return self.span_logits + self.relevance_terms(relevance_scale)[:, None]
 
     def inputs(self, tokenizer: WordPieceTokenizer) -> PairBatch:
         """The rows padded as HF pads one question's reader beam (to its longest row)."""
         return tokenizer.pad_pairs(self.rows)
 
-    def char_span(self, row: int, span: int) -> tuple[int, int]:
-        """(start_char, end_char) of span ``span`` of row ``row`` in its block text; (0, 0) for a span
-        outside the block (only an exact tie across blocks can pick one, see :func:`answer`)."""
+    def char_span(self, row: int, start: int, end: int) -> tuple[int, int]:
+        """(start_char, end_char) in row ``row``'s block text of the span of tokens ``start..end`` (end
+        inclusive, positions in the row); (0, 0) for a span outside the block (only an exact tie across
+        blocks can pick one, see :func:`answer`)."""
         r = self.rows[row]
-        s, e = int(self.starts[span]) - r.block_start, int(self.ends[span]) - r.block_start
+        s, e = start - r.block_start, end - r.block_start
         if not (0 <= s <= e < len(r.block_offsets)):
             return 0, 0
         return r.block_offsets[s][0], r.block_offsets[e][1]
@@ -157,6 +191,29 @@ def _span_map(t_from: int, t_to: int, max_span_width: int) -> tuple[torch.Tensor
     return torch.tensor(dst, dtype=torch.long), torch.tensor(src, dtype=torch.long)
 
 
+@lru_cache(maxsize=4096)
+def _width_offsets(seq_len: int, max_span_width: int) -> tuple[int, ...]:
+    """Index of the first span of each width 1..max_span_width in :func:`span_candidates`' order."""
+    offs = [0]
+    for w in range(1, min(max_span_width, seq_len) + 1):
+        offs.append(offs[-1] + seq_len - w + 1)
+    return tuple(offs)
+
+
+def _span_at(index: int, seq_len: int, max_span_width: int) -> tuple[int, int]:
+    """(width, start) of span ``index`` of a row of ``seq_len`` tokens (:func:`span_candidates`' order)."""
+    offs = _width_offsets(seq_len, max_span_width)
+    w = bisect_right(offs, index)
+    return w, index - offs[w - 1]
+
+
+def _index_of(width: int, start: int, seq_len: int, max_span_width: int) -> int | None:
+    """Inverse of :func:`_span_at`; None where the span does not fit in ``seq_len`` tokens."""
+    if width > min(max_span_width, seq_len) or start + width > seq_len:
+        return None
+    return _width_offsets(seq_len, max_span_width)[width - 1] + start
+
+
 @torch.no_grad()
 def read_beams(
     reader: SpanReader,
@@ -195,53 +252,77 @@ def read_beams(
 
     device = next(reader.parameters()).device
     W = reader.config.max_span_width
-    row_logits: list[torch.Tensor] = [torch.empty(0)] * len(rows)  # (num_spans of its pass,) float32
+    row_scores: list[torch.Tensor] = [torch.empty(0)] * len(rows)  # (num_spans of its pass,) float32
     row_len = [0] * len(rows)  # the length of each row's pass
     passes = plan_passes([len(r) for r in rows], max_pass_tokens, max_padding)
     padded = 0
     for p in passes:
-        enc = tokenizer.pad_pairs([rows[i] for i in p])
-        T = enc.input_ids.shape[1]
+        input_ids, attention_mask, token_type_ids, block_mask = _pass_inputs([rows[i] for i in p], tokenizer.pad_id)
+        T = input_ids.shape[1]
         padded += T * len(p)
-        scores, starts, ends = reader.span_scores(enc.input_ids.to(device), enc.attention_mask.to(device),
-                                                  enc.token_type_ids.to(device))  # (rows, C)
-        live = enc.block_mask[:, starts.cpu()] & enc.block_mask[:, ends.cpu()]  # (rows, C)
+        scores, starts, ends = reader.span_scores(input_ids.to(device), attention_mask.to(device),
+                                                  token_type_ids.to(device))  # (rows, C)
+        live = block_mask[:, starts.cpu()] & block_mask[:, ends.cpu()]  # (rows, C)
         logits = scores.float().cpu().masked_fill_(~live, MASKED)
         for j, i in enumerate(p):
-            row_logits[i], row_len[i] = logits[j], T
+            row_scores[i], row_len[i] = logits[j], T
 
     readings = []
     first = 0
     for beam in beams:
         idx = range(first, first + len(beam))
         first += len(beam)
-        T_q = max(len(rows[i]) for i in idx)
-        starts, ends = span_candidates(T_q, W)
-        out = torch.full((len(beam), len(starts)), MASKED)
-        for j, i in enumerate(idx):
-            dst, src = _span_map(row_len[i], T_q, W)
-            out[j, dst] = row_logits[i][src]
-        readings.append(Reading(list(beam), [rows[i] for i in idx], out, starts, ends,
-                                sum(row_len[i] for i in idx)))
+        readings.append(Reading(list(beam), [rows[i] for i in idx], [row_scores[i] for i in idx],
+                                [row_len[i] for i in idx], W, sum(row_len[i] for i in idx)))
     return BatchReading(readings, [len(p) for p in passes], sum(len(r) for r in rows), padded)
+
+
+def _pass_inputs(rows: Sequence[PairRow], pad_id: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One reader pass's inputs, the rows padded on the right to the longest: input_ids, attention_mask,
+    token_type_ids (rows, T) int64 and block_mask (rows, T) bool, as :meth:`WordPieceTokenizer.pad_pairs`
+    (without the character offsets, which :func:`answer` takes from the rows)."""
+    T = max(len(r) for r in rows)
+    lengths = np.array([len(r) for r in rows])
+    pos = np.arange(T)
+    input_ids = np.full((len(rows), T), pad_id, dtype=np.int64)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r)] = r.ids
+    block_start = np.array([r.block_start for r in rows])[:, None]
+    block_end = np.array([r.block_end for r in rows])[:, None]
+    attention_mask = pos < lengths[:, None]
+    token_type_ids = (pos >= block_start) & attention_mask
+    block_mask = (pos >= block_start) & (pos < block_end)
+    return (torch.from_numpy(input_ids), torch.from_numpy(attention_mask.astype(np.int64)),
+            torch.from_numpy(token_type_ids.astype(np.int64)), torch.from_numpy(block_mask))
 
 
 def answer(reading: Reading, relevance_scale: float) -> QAResult:
     """The answer to one question and the best span of each block (REALM §3.4, HF ``RealmForOpenQA.forward``).
 
-    The answer is HF's pair of argmaxes (:func:`realm_core.reader.select_spans`): on an exact tie of two
-    blocks' best spans it can name a span of the first block that lies outside it; that span then has no
-    characters (start_char = end_char = 0).
+    The answer is HF's pair of argmaxes (:func:`realm_core.reader.select_spans`) over
+    :meth:`Reading.logits`, taken from each row's own scores: the block is the first whose best span is the
+    best, the span the first (in width-major order) that reaches that score in any block. On an exact tie of
+    two blocks' best spans this can name a span of the first block that lies outside it; that span then has
+    no characters (start_char = end_char = 0).
     """
-    logits = reading.logits(relevance_scale)  # (B, C)
+    W = reading.max_span_width
+    rel = reading.relevance_terms(relevance_scale)  # (B,)
+    best: list[tuple[float, int, int]] = []  # per row: (score, width, start)
+    for scores, T, r in zip(reading.row_scores, reading.pass_len, rel):
+        v, i = (scores + r).max(dim=0)  # first maximum, as torch.max and HF's argmax
+        best.append((float(v), *_span_at(int(i), T, W)))
 
-    def choice(row: int, span: int, score: float) -> SpanChoice:
-        s, e = reading.char_span(row, span)
+    def choice(row: int, score: float, width: int, start: int) -> SpanChoice:
+        s, e = reading.char_span(row, start, start + width - 1)
         return SpanChoice(row, score, s, e, reading.blocks[row].text[s:e])
 
-    block_idx, span_idx = select_spans(logits[None])
-    bi, si = int(block_idx[0]), int(span_idx[0])
-    per_block = logits.max(dim=1)
-    return QAResult(choice(bi, si, float(logits[bi, si])),
-                    [choice(b, sp, sc) for b, (sc, sp) in
-                     enumerate(zip(per_block.values.tolist(), per_block.indices.tolist()))])
+    top = max(v for v, _, _ in best)
+    bi = next(b for b, (v, _, _) in enumerate(best) if v == top)
+    w, st = min((w, st) for v, w, st in best if v == top)
+    if (w, st) == best[bi][1:]:
+        score = top
+    else:  # an exact tie with another block: HF names this span of block bi
+        at = _index_of(w, st, reading.pass_len[bi], W)
+        score = float((reading.row_scores[bi][at] if at is not None else torch.tensor(MASKED)) + rel[bi])
+    return QAResult(choice(bi, score, w, st), [choice(b, v, wb, sb) for b, (v, wb, sb) in enumerate(best)])

