@@ -84,6 +84,22 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
+        self._qkv: tuple[torch.Tensor, torch.Tensor] | None = None  # stacked projections (_fused_qkv)
+        self._qkv_key: tuple[tuple[int, int, int, int], ...] | None = None
+
+    def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(weight (3C, C), bias (3C,)): query, key and value stacked, for inference with plain float
+        ``nn.Linear`` layers; None while training, under autograd or with other layers (e.g. int8 ones).
+        Rebuilt whenever a weight changes (its storage or in-place version)."""
+        layers = (self.query, self.key, self.value)
+        if self.training or torch.is_grad_enabled() or any(type(m) is not nn.Linear or m.bias is None
+                                                           for m in layers):
+            return None
+        key = tuple((m.weight.data_ptr(), m.weight._version, m.bias.data_ptr(), m.bias._version) for m in layers)
+        if self._qkv_key != key:
+            self._qkv = (torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers]))
+            self._qkv_key = key
+        return self._qkv
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
         """x: (B, T, C); attn_bias: (B, 1, 1, T) additive mask → (B, T, C)."""
@@ -93,7 +109,11 @@ class BertSelfAttention(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(B, T, self.num_heads, D).transpose(1, 2)  # (B, H, T, D)
 
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        qkv = self._fused_qkv()
+        if qkv is None:
+            q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        else:  # one matrix product for the three projections (the same sums as three Linear calls)
+            q, k, v = (heads(t) for t in F.linear(x, *qkv).split(C, dim=-1))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_bias, dropout_p=self.dropout_p if self.training else 0.0
         )  # (B, H, T, D)

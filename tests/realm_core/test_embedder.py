@@ -100,3 +100,36 @@ def test_unknown_pooling_rejected() -> None:
     with pytest.raises(ValueError, match="pooling"):
         Embedder(EmbedderConfig(bert=BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1,
                                                 num_attention_heads=2, intermediate_size=16), pooling="max"))
+
+
+def test_stacked_attention_projections_follow_the_weights() -> None:
+    """In inference the query/key/value projections run as one stacked matrix product: the same hidden states
+    as the three Linear layers (the training path), also after a weight is changed in place or replaced."""
+    from realm_core.bert import BertModel
+
+    torch.manual_seed(3)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    bert = BertModel(cfg).eval()
+    ids = torch.randint(0, 50, (3, 7))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            stacked = bert(ids, mask)
+        with torch.enable_grad():
+            plain = bert(ids, mask).detach()  # autograd on: the three Linear layers
+        return stacked, plain
+
+    first, plain = both()
+    assert bert.encoder.layer[0].attention.self._qkv is not None
+    assert (first - plain).abs().max().item() <= 1e-5
+    att = bert.encoder.layer[0].attention.self
+    with torch.no_grad():
+        att.key.weight.mul_(3.0)  # in place
+    after, plain = both()
+    assert (after - first).abs().max().item() > 1e-3
+    assert (after - plain).abs().max().item() <= 1e-5
+    att.value.bias = torch.nn.Parameter(torch.randn(16))  # replaced
+    again, plain = both()
+    assert (again - after).abs().max().item() > 1e-3
+    assert (again - plain).abs().max().item() <= 1e-5
