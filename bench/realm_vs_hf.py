@@ -14,6 +14,9 @@ It also counts questions where both give the same answer (decoded wordpieces), p
 ``reference`` extra. Example::
 
     python bench/realm_vs_hf.py --preset tiny --blocks 100000 --questions 64 --threads 2
+
+The build (minutes at the base preset) can be done apart from the timing, so that only the timing needs an
+otherwise idle machine: ``--workdir DIR --build-only``, then ``--workdir DIR --reuse``.
 """
 
 from __future__ import annotations
@@ -86,6 +89,10 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,int8", help="our reader's precisions to time")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", help="keep the checkpoint and home here (default: a temporary directory)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="time the checkpoint and home an earlier run left in --workdir (same preset, blocks, seed)")
+    ap.add_argument("--build-only", action="store_true",
+                    help="build and convert into --workdir, time nothing (then time with --reuse)")
     a = ap.parse_args()
 
     import faiss
@@ -97,13 +104,22 @@ def main() -> None:
 
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="realm-bench-"))
     t0 = time.perf_counter()
-    words, _ = build(a.preset, a.blocks, work / "ckpt", a.seed)
-    c = convert_hf_realm(work / "ckpt", work / "home", "bench", progress=False)
+    if a.reuse:
+        if not a.workdir or not (work / "home").is_dir():
+            sys.exit("--reuse needs a --workdir an earlier run filled")
+        vocab = make_vocab(int(PRESETS[a.preset]["vocab_size"]), random.Random(a.seed))
+        words = [w for w in vocab[len(SPECIALS):] if len(w) > 1 and w.isalpha()]
+        print(f"reusing {work}")
+    else:
+        words, _ = build(a.preset, a.blocks, work / "ckpt", a.seed)
+        c = convert_hf_realm(work / "ckpt", work / "home", "bench", progress=False)
+        print(f"built and converted {a.preset} over {a.blocks} blocks in {time.perf_counter() - t0:.0f} s "
+              f"(model {c.model_ref}, index {c.index.name}/{c.index.version}); work dir {work}")
+        if a.build_only:
+            return
     precisions = a.precisions.split(",")
     engines = {p: load_engine(work / "home", "bench", build_missing=False, precision=p) for p in precisions}
     engine = engines[precisions[0]]
-    print(f"built and converted {a.preset} over {a.blocks} blocks in {time.perf_counter() - t0:.0f} s "
-          f"(model {c.model_ref}, index {c.index.name}/{c.index.version}); work dir {work}")
 
     import os
 
