@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request, Response
@@ -22,6 +23,7 @@ from service.body_limit import BodyLimitMiddleware
 from service.errors import BadRequest, InvalidInput, ServiceError, for_status, public_text
 from service.metrics import Metrics, MetricsMiddleware
 from service.openapi import openapi_schema
+from service.probes import ProbeMiddleware
 from service.readiness import Readiness
 from service.registry import Registry, SearchParams
 from service.request_log import RequestContextMiddleware
@@ -35,11 +37,15 @@ def _error_response(e: ServiceError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
-async def _service_error(request: Request, e: Exception) -> Response:
+def _public_error_response(e: ServiceError, home: Path) -> JSONResponse:
     """Our errors; a message quoting an exception (a failed load, a refused index) loses this machine's paths."""
-    assert isinstance(e, ServiceError)
-    e.message = public_text(e.message, request.app.state.settings.home)
+    e.message = public_text(e.message, home)
     return _error_response(e)
+
+
+async def _service_error(request: Request, e: Exception) -> Response:
+    assert isinstance(e, ServiceError)
+    return _public_error_response(e, request.app.state.settings.home)
 
 
 async def _http_error(request: Request, e: Exception) -> Response:
@@ -131,6 +137,10 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    probes = {path: (r, health.PROBES[path]) for r in health.router.routes
+              if (path := str(getattr(r, "path", ""))) in health.PROBES}
+    app.add_middleware(ProbeMiddleware, probes=probes,  # innermost: probes still get ids, logs and metrics
+                       respond=lambda e: _public_error_response(e, settings.home))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, respond=_error_response)
     routers = [m.router for m in (answer, retrieve, health, models, admin, page)]
     static_paths = frozenset(str(r.path) for router in routers for r in router.routes

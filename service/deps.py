@@ -1,4 +1,5 @@
-"""FastAPI dependencies as ``Annotated`` aliases; the only code that reads ``app.state``. They are ``async``: FastAPI
+"""FastAPI dependencies as ``Annotated`` aliases; the only code that reads ``app.state``, with the probes (which
+take no dependencies: :mod:`service.routes.health`, :mod:`service.probes`). They are ``async``: FastAPI
 runs a plain ``def`` dependency in a worker thread, a thread hop per dependency per request."""
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.batching import Batcher
 from service.errors import Forbidden, Unauthorized
 from service.metrics import Metrics
-from service.readiness import Readiness
 from service.registry import Registry
 from service.settings import Settings
 
@@ -31,10 +31,6 @@ async def _batcher(request: Request) -> Batcher:
 
 async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
-
-
-async def _readiness(request: Request) -> Readiness:
-    return request.app.state.readiness  # type: ignore[no-any-return]
 
 
 # Declares the scheme in the OpenAPI document; the checks and their errors are ours (auto_error=False).
@@ -66,5 +62,4 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 BatcherDep = Annotated[Batcher, Depends(_batcher)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
-ReadinessDep = Annotated[Readiness, Depends(_readiness)]
 AdminDep = Depends(_admin)  # router-level: APIRouter(dependencies=[AdminDep])

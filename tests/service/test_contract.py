@@ -15,9 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.probes import ProbeMiddleware
 from service.request_log import configure_logging
 from service.settings import Settings
-from tests.service.test_routes import assert_error
+from tests.service.test_routes import assert_error, wait_for
 from tests.service.tiny_home import make_tiny_home
 
 TOKEN = "s3cret-token"
@@ -153,3 +154,52 @@ def test_openapi_declares_statuses_limits_security_and_metrics(client: TestClien
     assert all("security" not in ops[k] for k in ops if k not in admin)
     assert list(ops["GET", "/metrics"]["responses"]["200"]["content"]) == ["text/plain"]
     assert client.get("/metrics").headers["content-type"].startswith("text/plain")
+
+
+
+def _probe(c: TestClient, path: str) -> tuple[int, dict[str, Any]]:
+    r = c.get(path, headers={"X-Request-ID": f"probe-{path[1:]}"})
+    assert r.headers["X-Request-ID"] == f"probe-{path[1:]}"
+    body = r.json()
+    for check in body.get("checks", {}).values():
+        check.pop("checked_s_ago", None)  # differs between two apps' background checks
+    return r.status_code, body
+
+
+def test_probes_answered_before_routing_equal_the_routes(tiny_home: Path) -> None:
+    """GET /healthz and /readyz are answered by service.probes.ProbeMiddleware before FastAPI's routing (a probe
+    costs little); its answers equal the routes' own (the same app without that middleware), ready and not, and
+    a probe still gets its request id, its access log line and its count under its route."""
+    settings = Settings(home=tiny_home, build_missing_index=False)
+    fast, routed = create_app(settings), create_app(settings)
+    routed.user_middleware = [m for m in routed.user_middleware if m.cls is not ProbeMiddleware]
+    assert len(routed.user_middleware) == len(fast.user_middleware) - 1
+    buf = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging(stream=buf)
+    try:
+        with TestClient(fast) as f, TestClient(routed) as r:
+            wait_for(f, "/readyz", 200)
+            wait_for(r, "/readyz", 200)
+            ready = {path: (_probe(f, path), _probe(r, path)) for path in ("/healthz", "/readyz")}
+            for app in (fast, routed):
+                app.state.batcher.failure = "the batching task raised RuntimeError"
+            dead = {path: (_probe(f, path), _probe(r, path)) for path in ("/healthz", "/readyz")}
+            for app in (fast, routed):
+                app.state.batcher.failure = None
+            metrics = f.get("/metrics").text
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert ready["/healthz"][0] == ready["/healthz"][1] == (200, {"status": "alive"})
+    assert ready["/readyz"][0] == ready["/readyz"][1]
+    assert ready["/readyz"][0][0] == 200 and ready["/readyz"][0][1]["models"] == ["tiny/1"]
+    for path in ("/healthz", "/readyz"):
+        assert dead[path][0] == dead[path][1]
+        assert dead[path][0][0] == 503 and dead[path][0][1]["error"]["type"] == "not_ready"
+    assert 'realmqa_requests_total{method="GET",route="/readyz",status="503"} 1.0' in metrics
+    assert 'realmqa_requests_total{method="GET",route="/healthz",status="200"} 1.0' in metrics
+    access = [(x["route"], x["status"]) for x in map(json.loads, buf.getvalue().splitlines())
+              if x["logger"] == "realmqa.access" and x["request_id"] == "probe-readyz"]
+    assert sorted(access) == [("/readyz", 200)] * 2 + [("/readyz", 503)] * 2  # each app's two probes
