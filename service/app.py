@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -107,6 +108,9 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
+        switch_interval_s = sys.getswitchinterval()
+        if settings.switch_interval_ms:
+            sys.setswitchinterval(settings.switch_interval_ms / 1e3)
         if app.state.registry is None:
             app.state.registry = await asyncio.to_thread(
                 Registry.from_home, settings.home, settings.model, settings.build_missing_index,
@@ -126,6 +130,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             await readiness.stop()
             await batcher.shutdown(settings.shutdown_timeout_s)
             app.state.registry = None
+            sys.setswitchinterval(switch_interval_s)
 
     app = FastAPI(title="realmqa", version="1", lifespan=lifespan,
                   description="Open-domain question answering in the manner of REALM (Guu et al. 2020).")

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     admin_token_file: Path | None = Field(
         None, description="file holding the admin token (a mounted secret); read at start, trailing newline dropped")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default)")
+    switch_interval_ms: float = Field(
+        0, ge=0, le=100, description="the interpreter's thread switch interval (sys.setswitchinterval), ms, while "
+                                       "serving: how long the engine thread may wait for the GIL after each torch op "
+                                       "while the event loop is busy (0: Python's own, 5 ms)")
     precision: Literal["fp32", "int8", "fp16", "bf16"] | None = Field(
         None, description="the reader's precision for every model, overriding model.json's \"precision\" "
                           "(fp32; int8: dynamic int8 on the CPU; fp16/bf16: CUDA only)")

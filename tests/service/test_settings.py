@@ -87,3 +87,18 @@ def test_admin_token_from_environment_or_file_is_a_secret(home: Path, monkeypatc
     monkeypatch.setenv("REALMQA_ADMIN_TOKEN_FILE", str(home / "missing"))
     with pytest.raises(ValidationError, match="cannot be read"):
         load_settings(home=home)
+
+
+def test_switch_interval_is_set_while_serving_and_restored(home: Path) -> None:
+    """``switch_interval_ms``: the interpreter's switch interval while the app serves (the engine thread's wait for
+    the GIL after each torch op), Python's own again after; 0 leaves it alone."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    before = sys.getswitchinterval()
+    with TestClient(create_app(Settings(home=home, switch_interval_ms=0.25))):
+        assert sys.getswitchinterval() == pytest.approx(0.00025)
+    assert sys.getswitchinterval() == before
+    with TestClient(create_app(Settings(home=home, switch_interval_ms=0))):
+        assert sys.getswitchinterval() == before
