@@ -100,7 +100,7 @@ def measure(home_root: Path, threads: int, cold: bool) -> None:
 
     import service.registry as registry_module
     from index.home import Home
-    from index.pins import set_pins
+    from index.pins import pin_key, set_pins
     from index.resident import read_through
     from index.version import version_files
     from service.registry import Registry
@@ -108,7 +108,8 @@ def measure(home_root: Path, threads: int, cold: bool) -> None:
     faiss.omp_set_num_threads(threads)
     torch.set_num_threads(threads)
     home = Home(home_root)
-    set_pins(home, {"tiny/1": "big/1"})
+    pin = {pin_key("tiny/1", home.model_version("tiny/1").embedder_id): "big/1"}
+    set_pins(home, pin)
     t0 = time.perf_counter()
     registry = Registry.from_home(home.root, build_missing=False)  # opens and warms big/1
     open_s = time.perf_counter() - t0
@@ -158,7 +159,7 @@ def measure(home_root: Path, threads: int, cold: bool) -> None:
                       "index_gib": round(index_bytes / gib, 2), "rss_one_index_gib": round(rss_one / gib, 2),
                       "peak_rss_gib": round(hwm / gib, 2), "peak_over_index": round(hwm / index_bytes, 2),
                       "rss_after_gib": round(after / gib, 2)}), flush=True)
-    set_pins(home, {"tiny/1": "big/1"})
+    set_pins(home, pin)
 
 
 def main() -> None:

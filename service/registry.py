@@ -2,7 +2,7 @@
 
 On disk a home (:class:`index.home.Home`) holds model and index versions. At start :meth:`Registry.from_home`
 loads the newest version of every model (or only ``settings.model``) and pairs it with the index version
-pinned for it in the home (:mod:`index.pins`), else the newest one built by the same block embedder (by
+pinned for its block embedder in the home (:mod:`index.pins`), else the newest one built by the same block embedder (by
 content, :mod:`service.indexes`); when none exists and the model names a ``default_corpus``, that index is
 built first (:func:`index.pipeline.build_and_publish`). An unreadable or corrupt version is skipped with a
 warning, never stops the start. Admin calls load and unload versions while serving (Triton's model
@@ -29,7 +29,7 @@ from index.chunks import LocalExecutor
 from index.home import Home
 from index.home import split_ref as parse_ref
 from index.options import BuildOptions, SearchParams
-from index.pins import read_pins, set_pins
+from index.pins import pin_for, pin_key, read_pins, set_pins
 from index.pipeline import build_and_publish, corpus_request
 from index.version import IndexVersionError
 from realm_core.model_dir import load_model_dir
@@ -95,7 +95,7 @@ def load_engine(home: Path | Home, name: str, version: int | None = None, build_
         raise FileNotFoundError(f"{root} does not exist")
     model = load_model_dir(root, name, version, precision)
     candidates = find_indexes(home, model.ref, model.embedder_id)
-    pinned = read_pins(home).get(model.ref)
+    pinned = pin_for(read_pins(home), model.ref, model.embedder_id)
     if pinned is not None:
         pin = parse_ref(pinned)
         if pin in candidates:
@@ -308,7 +308,8 @@ class Registry:
                 raise IndexRejected(f"index {ref} was not activated: {err}; still serving "
                                     f"{sorted({e.index_ref for e in self.served()})}", param="index") from err
             try:
-                self._known_pins = set_pins(home, {e.model_ref: ref for e in engines})
+                self._known_pins = set_pins(home, {pin_key(e.model_ref, model_embedder_id(home, e.model_ref)): ref
+                                                   for e in engines})
             except OSError as err:  # serving changed; only surviving a restart is lost
                 log.error("index %s serves but could not be pinned in %s: %s", ref, home.pins_path, err)
             if iv is not None:
@@ -338,8 +339,9 @@ class Registry:
         pins, before = read_pins(home), self._known_pins
         self._known_pins = pins
         for engine in self.served():
-            pin = pins.get(engine.model_ref)
-            if pin is not None and pin != before.get(engine.model_ref) and pin != engine.index_ref:
+            emb = model_embedder_id(home, engine.model_ref)
+            pin = pin_for(pins, engine.model_ref, emb)
+            if pin is not None and pin != pin_for(before, engine.model_ref, emb) and pin != engine.index_ref:
                 wanted.setdefault(engine.model_ref, pin)
         done = []
         for ref in sorted(set(wanted.values())):

@@ -5,13 +5,14 @@ does nothing."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 
 from index.home import Home
-from index.pins import read_pins, set_pins
+from index.pins import pin_key, read_pins, set_pins
 from index.pipeline import build_from_corpus
 from index.version import version_files
 from service.registry import Registry
@@ -35,6 +36,11 @@ def home(tmp_path: Path) -> Home:
     return home
 
 
+def pin(home: Home, model: str = "tiny/1") -> str:
+    """The pins file key of a model version: its block embedder's."""
+    return pin_key(model, home.model_version(model).embedder_id)
+
+
 def served_index(url: str) -> str:
     r = httpx.post(url + "/retrieve", json={"query": "alpha bravo", "k": 1}, timeout=60)
     assert r.status_code == 200, r.text
@@ -53,7 +59,7 @@ def test_a_rollback_survives_a_restart(home: Home) -> None:
     finally:
         proc.terminate()
         proc.wait(60)
-    assert read_pins(home) == {"tiny/1": "tiny/1"}
+    assert read_pins(home) == {pin(home): "tiny/1"}
     proc, url = start_serve(home.root, env)
     try:
         assert served_index(url) == "tiny/1"
@@ -96,7 +102,7 @@ def test_reactivating_the_served_version_does_nothing(home: Home) -> None:
     index_before = engine.index  # type: ignore[attr-defined]
     assert [e.model_ref for e in r.activate_index("tiny", 2)] == ["tiny/1"]
     assert engine.index is index_before and events == []  # type: ignore[attr-defined]
-    assert read_pins(home) == {"tiny/1": "tiny/2"}  # pinned all the same
+    assert read_pins(home) == {pin(home): "tiny/2"}  # pinned all the same
 
 
 def test_a_rejected_version_is_closed_and_pins_unchanged(home: Home) -> None:
@@ -114,3 +120,27 @@ def test_an_unreadable_pins_file_is_ignored(home: Home, caplog: pytest.LogCaptur
     assert Registry.from_home(home.root, build_missing=False).get(None).index_ref == "tiny/2"
     assert set_pins(home, {"tiny/1": "tiny/1"}) == {"tiny/1": "tiny/1"}
     assert json.loads(home.pins_path.read_text()) == {"tiny/1": "tiny/1"}
+
+
+def test_a_rollback_holds_for_a_new_model_version_with_the_same_block_embedder(home: Home) -> None:
+    """Regression: pins were keyed by model version, so a reader-only update (tiny/2, same block embedder)
+    started on the newest index again, undoing the rollback made under tiny/1."""
+    Registry.from_home(home.root, build_missing=False).activate_index("tiny", 1)  # rollback under tiny/1
+    shutil.copytree(home.model_dir("tiny", 1), home.model_dir("tiny", 2))
+    spec = json.loads((home.model_dir("tiny", 2) / "model.json").read_text())
+    (home.model_dir("tiny", 2) / "model.json").write_text(json.dumps({**spec, "card": {"weights": "reader update"}}))
+    assert pin(home, "tiny/2") == pin(home, "tiny/1")
+    r = Registry.from_home(home.root, build_missing=False)
+    assert r.get(None).model_ref == "tiny/2" and r.get(None).index_ref == "tiny/1"
+    b = Registry.from_home(home.root, build_missing=False)
+    r.activate_index("tiny", 2)  # under tiny/2: the pin is the block embedder's, another replica follows it
+    assert read_pins(home) == {pin(home): "tiny/2"}
+    assert b.poll_indexes() == ["tiny/2"] and b.get(None).index_ref == "tiny/2"
+
+
+def test_a_pin_under_a_model_ref_is_still_honoured(home: Home) -> None:
+    """Pins files written before embedder keys name the model version."""
+    set_pins(home, {"tiny/1": "tiny/1"})
+    assert Registry.from_home(home.root, build_missing=False).get(None).index_ref == "tiny/1"
+    set_pins(home, {pin(home): "tiny/2"})  # the block embedder's pin wins
+    assert Registry.from_home(home.root, build_missing=False).get(None).index_ref == "tiny/2"
