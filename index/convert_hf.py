@@ -11,7 +11,8 @@ The index is built by the one pipeline (:func:`index.pipeline.build_and_publish`
 as the chunk embedding files. ``block_records.npy`` is a pickled object array, loaded whole (see
 :func:`realm_core.hf_realm.load_block_records`) and written as block chunks.
 
-Both versions are staged in hidden directories and renamed into place: the index is published (manifest
+Both versions are staged in hidden, locked directories (:class:`index.home.Scratch`: one a dead conversion left
+is removed by the next conversion or index worker) and renamed into place: the index is published (manifest
 embedder ``<name>/<v>`` and the model's block embedder id, cached in its ``model.json``) before the model
 directory appears, so a served model always has its index.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from index.block_store import Block
 from index.chunks import ArrayExecutor
-from index.home import Home, ModelVersion, check_name, remove_tree
+from index.home import Home, ModelVersion, check_name
 from index.pipeline import BuildOptions, BuildRequest, build_and_publish
 from index.version import Manifest
 from realm_core.checkpoint import CheckpointError
@@ -101,7 +102,9 @@ def convert_hf_realm(checkpoint: str | Path, home: str | Path | Home, name: str 
     except ValueError as e:
         raise ValueError(f"{e} (pass --name)") from None
     ckpt = open_checkpoint(checkpoint)
-    model_stage = home.new_model_staging(name)
+    home.remove_dead_scratch(lambda job_id: True)  # staging left by conversions and builds that died
+    scratch = home.new_model_staging(name)
+    model_stage = scratch.path
     try:
         write_model_dir(ckpt, model_stage, max_question_tokens)
         spec = ModelSpec.read(model_stage).with_embedder_id(model_stage)  # cache the block embedder id
@@ -116,8 +119,7 @@ def convert_hf_realm(checkpoint: str | Path, home: str | Path | Home, name: str 
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         os.rename(model_stage, home.model_dir(name, version))  # fails if that version appeared meanwhile
-    except BaseException:
-        remove_tree(model_stage)
-        raise
+    finally:
+        scratch.release()  # the staging directory if it was not renamed into place, and its lock
     log.info("converted %s into model %s/%d and index %s", checkpoint, name, version, manifest.ref)
     return Converted(f"{name}/{version}", manifest)

@@ -132,11 +132,10 @@ class Home:
         name, version = self.resolve_model(ref)
         return ModelVersion(name, version, self.model_dir(name, version), self.model_spec(name, version))
 
-    def new_model_staging(self, name: str) -> Path:
-        """A fresh hidden directory beside the versions of model ``name`` (renamed into place when complete)."""
-        parent = self.models_dir / check_name(name)
-        parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=parent, prefix=".staging-"))
+    def new_model_staging(self, name: str) -> Scratch:
+        """A fresh hidden directory beside the versions of model ``name`` (renamed into place when complete),
+        held alive by a lock (:class:`Scratch`) like an index's staging."""
+        return _new_scratch(self.models_dir / check_name(name), ".staging-")
 
     # --- indexes
     @property
@@ -161,27 +160,21 @@ class Home:
         """A fresh hidden directory beside the versions of ``index`` (readable by all), ``kind`` ``"staging"``
         (a version being written) or ``"work"`` (a build's chunk files), held alive by a lock (:class:`Scratch`)."""
         assert kind in ("staging", "work")
-        parent = self.index_parent(index)
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, lock = tempfile.mkstemp(dir=parent, prefix=f".{kind}-", suffix=".lock")
-        fcntl.flock(fd, fcntl.LOCK_EX)  # before the directory exists: a cleaner never sees it unlocked
-        path = Path(lock[: -len(".lock")])
-        path.mkdir(mode=0o755)
-        path.chmod(0o755)
-        return Scratch(path, fd)
+        return _new_scratch(self.index_parent(index), f".{kind}-")
 
     def work_dir(self, index: str, key: str) -> Path:
         """The hidden, resumable work directory of build job ``key``: ``indexes/<index>/.work-<key>``."""
         return self.index_parent(index) / f".work-{key}"
 
     def remove_dead_scratch(self, live_job: Callable[[str], bool]) -> list[Path]:
-        """Remove the hidden staging and work directories that no live process holds (their builder died):
-        a :class:`Scratch` whose lock can be taken, or a job work directory ``.work-<id>`` of no queued or
-        running job (``live_job(id)`` false: a running job whose worker died is resumed from it). Returns
-        what was removed."""
+        """Remove the hidden staging and work directories of indexes and models that no live process holds
+        (their builder died): a :class:`Scratch` whose lock can be taken, or a job work directory ``.work-<id>``
+        of no queued or running job (``live_job(id)`` false: a running job whose worker died is resumed from
+        it). Returns what was removed."""
         removed = []
-        for name in self.index_names():
-            parent = self.index_parent(name)
+        models = sorted(p for p in self.models_dir.iterdir() if NAME_RE.fullmatch(p.name) and p.is_dir()) \
+            if self.models_dir.is_dir() else []
+        for parent in [self.index_parent(n) for n in self.index_names()] + models:
             for p in sorted(parent.iterdir()):
                 if not (p.name.startswith((".staging-", ".work-")) and p.is_dir()):
                     continue
@@ -210,6 +203,16 @@ class Home:
     @property
     def jobs_dir(self) -> Path:
         return self.root / "jobs"
+
+
+def _new_scratch(parent: Path, prefix: str) -> Scratch:
+    parent.mkdir(parents=True, exist_ok=True)
+    fd, lock = tempfile.mkstemp(dir=parent, prefix=prefix, suffix=".lock")
+    fcntl.flock(fd, fcntl.LOCK_EX)  # before the directory exists: a cleaner never sees it unlocked
+    path = Path(lock[: -len(".lock")])
+    path.mkdir(mode=0o755)
+    path.chmod(0o755)
+    return Scratch(path, fd)
 
 
 def remove_tree(path: Path) -> None:

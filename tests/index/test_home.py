@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,22 @@ def test_the_block_embedder_id_is_its_content(tmp_path: Path) -> None:
     cached.write(tmp_path / "c")
     (tmp_path / "c" / "embedder.safetensors").unlink()  # the cached id no longer needs the files
     assert ModelSpec.read(tmp_path / "c").block_embedder_id(tmp_path / "c") == ids["c"]
+
+
+def test_model_staging_of_a_dead_process_is_swept_and_a_live_ones_is_kept(tmp_path: Path) -> None:
+    """Regression: convert-hf's model staging directory had no lock, so no sweep could tell a dead one from a
+    live one, and one a killed conversion left stayed forever."""
+    home = Home(tmp_path)
+    code = ("import os, sys; from index.home import Home; s = Home(sys.argv[1]).new_model_staging('fresh'); "
+            "(s.path / 'weights').write_bytes(b'x'); print(s.path, flush=True); os._exit(0)")  # dies holding it
+    dead = Path(subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, capture_output=True,
+                               text=True).stdout.strip())
+    live = home.new_model_staging("fresh")
+    assert dead.is_dir() and live.path.is_dir() and dead.parent == live.path.parent == tmp_path / "models" / "fresh"
+    try:
+        assert home.remove_dead_scratch(lambda job_id: True) == [dead]
+        assert not dead.exists() and not dead.with_name(dead.name + ".lock").exists() and live.path.is_dir()
+        assert home.model_names() == []  # a model with only staging has no version
+    finally:
+        live.release()
+    assert not live.path.exists() and list((tmp_path / "models" / "fresh").iterdir()) == []
