@@ -7,6 +7,13 @@ the repository's files (no index, no query embedder)::
 
     python bench/reader_precision.py --questions 64 --batch 32 --threads 2          # CPU: fp32, int8
     python bench/reader_precision.py --questions 256 --batch 32                      # + fp32/fp16/bf16 on CUDA
+
+``--open N`` instead answers N held-out questions (0: all 2,005) in the open setting, in process through
+:class:`service.engine.QAEngine` on the bundled home (its served index, reader beam ``--beam``, ``--batch``
+questions per engine call; batched answers equal one-at-a-time ones, ``tests/realm_core/test_qa.py``), once
+per precision, and prints EM/F1 and how many answers equal fp32's (not a timing)::
+
+    python bench/reader_precision.py --open 0 --batch 32 --threads 2
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from realm_core import qa  # noqa: E402
 from realm_core.checkpoint import load_mapped, load_safetensors  # noqa: E402
-from realm_core.evaluation import exact_match  # noqa: E402
+from realm_core.evaluation import exact_match, f1_score  # noqa: E402
 from realm_core.precision import apply_precision  # noqa: E402
 from realm_core.reader import SpanReader, reader_config_from_dict  # noqa: E402
 from realm_core.tokenizer import WordPieceTokenizer  # noqa: E402
+from service.evaluate import load_questions  # noqa: E402
+from service.registry import load_engine  # noqa: E402
 
 HOME = Path(__file__).resolve().parents[1] / "service" / "default"
 MODEL = HOME / "models" / "minilm-squad" / "1"
@@ -38,15 +47,39 @@ def load_reader() -> SpanReader:
     return reader.eval()
 
 
+def open_setting(n: int, batch: int, beam: int) -> None:
+    """EM/F1 of the served bundled default in each CPU precision over the first ``n`` held-out questions."""
+    qs = load_questions(HOME / "heldout" / "squad-train-heldout.json")
+    qs = qs[:n] if n else qs
+    print(f"open setting, {len(qs)} held-out questions, reader beam {beam}, batch {batch}")
+    print(f"{'precision':>9} {'index':>14} {'EM':>6} {'F1':>6} {'= fp32':>11} {'s':>6}")
+    ref: list[str] | None = None
+    for prec in ("fp32", "int8"):
+        engine = load_engine(HOME, MODEL.parent.name, int(MODEL.name), build_missing=False, precision=prec)
+        t = time.perf_counter()
+        got = [a.best.answer for i in range(0, len(qs), batch)
+               for a in engine.answer([q.question for q in qs[i:i + batch]], beam)]
+        dt = time.perf_counter() - t
+        em = 100 * sum(exact_match(g, q.answers) for g, q in zip(got, qs)) / len(qs)
+        f1 = 100 * sum(f1_score(g, q.answers) for g, q in zip(got, qs)) / len(qs)
+        ref = ref or got
+        same = sum(g == r for g, r in zip(got, ref))
+        print(f"{prec:>9} {engine.index_ref:>14} {em:>6.2f} {f1:>6.2f} {same:>5}/{len(qs)} {dt:>6.0f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--questions", type=int, default=64)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--open", type=int, default=-1, help="open-setting EM/F1 on N held-out questions (0: all)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.open >= 0:
+        open_setting(a.open, a.batch, a.beam)
+        return
     spec = json.loads((MODEL / "model.json").read_text())
     tok = WordPieceTokenizer.from_dir(MODEL)
     items = []
