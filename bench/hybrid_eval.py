@@ -28,6 +28,7 @@ from index.bm25 import BM25Config, BM25Index
 from index.chunks import block_embedding_text
 from index.faiss_index import search
 from index.fusion import FusionConfig, fuse
+from index.home import Home
 from index.version import open_version
 from realm_core.evaluation import has_answer
 from realm_core.model_dir import embed_texts, load_model_dir
@@ -73,14 +74,14 @@ def main() -> None:
     home = Path(a.home)
     name, _, ver = a.model.partition("/")
     v = int(ver) if ver else model_versions(home, name)[-1]
-    model = load_model_dir(home / "models" / name / str(v), name, v)
+    model = load_model_dir(Home(home).model_dir(name, v), name, v)
     if a.index:
         iname, _, iver = a.index.partition("/")
         found: tuple[str, int] | None = (iname, int(iver))
     else:
         found = find_index(home, model.ref)
     assert found is not None, f"no index for {model.ref}"
-    iv = open_version(home / "indexes", *found)
+    iv = open_version(Home(home).indexes_dir, *found)
     qs = load_questions(a.questions)
     qs = qs[: a.limit] if a.limit else qs
     texts = iv.blocks._table.column("text").to_pylist()

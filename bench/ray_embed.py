@@ -32,11 +32,12 @@ import torch
 
 from index.chunks import block_embedding_text
 from index.corpus import read_corpus, split_blocks
+from index.home import Home
 from index.ray_embed import RayExecutor, RayOptions
 from realm_core.model_dir import embed_texts, load_model_dir
 from service.settings import BUNDLED_HOME
 
-MODEL = BUNDLED_HOME / "models" / "minilm-squad" / "1"
+MODEL = Home(BUNDLED_HOME).model_dir("minilm-squad", 1)
 CORPUS = BUNDLED_HOME / "corpus" / "squad-v1.1-paragraphs.jsonl.gz"
 
 

@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from index.home import Home  # noqa: E402
 from realm_core import qa  # noqa: E402
 from realm_core.checkpoint import load_mapped, load_safetensors  # noqa: E402
 from realm_core.evaluation import exact_match, f1_score  # noqa: E402
@@ -38,7 +39,7 @@ from service.evaluate import load_questions  # noqa: E402
 from service.registry import load_engine  # noqa: E402
 
 HOME = Path(__file__).resolve().parents[1] / "service" / "default"
-MODEL = HOME / "models" / "minilm-squad" / "1"
+MODEL = Home(HOME).model_dir("minilm-squad", 1)
 
 
 def load_reader() -> SpanReader:

@@ -240,7 +240,7 @@ def cmd_train_retriever(a: argparse.Namespace) -> None:
     from index.version import open_version
     from realm_core.embedder import Embedder
     from realm_core.model_dir import load_model_dir
-    from realm_core.train_reader import load_squad
+    from realm_core.reader_data import load_squad
     from realm_core.train_retriever import options_from_args, train, training_questions, write_model_version
 
     if a.threads:

@@ -6,8 +6,8 @@ import pytest
 
 from realm_core.bert import BertConfig
 from realm_core.reader import ReaderConfig, span_candidates
+from realm_core.reader_data import build_examples, collate, split_heldout
 from realm_core.tokenizer import WordPieceTokenizer
-from realm_core.train_reader import build_examples, collate, split_heldout
 from tests.conftest import BUNDLED_MODEL
 
 ARTICLES = [
@@ -185,7 +185,7 @@ def test_init_reader_loads_the_saved_weights_and_config(tmp_path, tok) -> None:
 
 
 def test_seen_questions_are_read_last(tok: WordPieceTokenizer) -> None:
-    from realm_core.train_reader import seen_last
+    from realm_core.reader_data import seen_last
 
     cfg = ReaderConfig(bert=BertConfig())
     examples = build_examples(tok, ARTICLES, cfg, 64, 16, negatives=0, seed=0)
