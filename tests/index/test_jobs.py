@@ -91,7 +91,9 @@ def test_a_live_workers_job_is_left_alone_and_a_dead_ones_taken_over(tmp_path: P
     home = tiny_home(tmp_path, 64)
     job = submit_job(home, "tiny", "tiny", str(home.root / "corpus.jsonl"))
     work = job_work_dir(home, job)
-    a = worker(home, "--index-chunk-blocks", "8", "--index-chunk-pause-s", "3")  # 8 chunks, >= 24 s
+    # 8 chunks, >= 105 s after the first: B (a fresh process importing torch) must finish its look while A is
+    # alive, also on a loaded machine; A is killed as soon as B has looked, so the pause costs nothing otherwise
+    a = worker(home, "--index-chunk-blocks", "8", "--index-chunk-pause-s", "15")
     wait_for(lambda: len(read_progress(work).get("embedded", [])) >= 1, a)
     b = worker(home)  # A is alive: B must not touch its job
     out_b, _ = b.communicate(timeout=120)
