@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
-import numpy as np
 import torch
 
 from realm_core.reader import SpanReader, span_candidates
@@ -257,12 +256,12 @@ def read_beams(
     passes = plan_passes([len(r) for r in rows], max_pass_tokens, max_padding)
     padded = 0
     for p in passes:
-        input_ids, attention_mask, token_type_ids, block_mask = _pass_inputs([rows[i] for i in p], tokenizer.pad_id)
-        T = input_ids.shape[1]
+        enc = tokenizer.pad_pairs([rows[i] for i in p])
+        T = enc.input_ids.shape[1]
         padded += T * len(p)
-        scores, starts, ends = reader.span_scores(input_ids.to(device), attention_mask.to(device),
-                                                  token_type_ids.to(device))  # (rows, C)
-        live = block_mask[:, starts.cpu()] & block_mask[:, ends.cpu()]  # (rows, C)
+        scores, starts, ends = reader.span_scores(enc.input_ids.to(device), enc.attention_mask.to(device),
+                                                  enc.token_type_ids.to(device))  # (rows, C)
+        live = enc.block_mask[:, starts.cpu()] & enc.block_mask[:, ends.cpu()]  # (rows, C)
         logits = scores.float().cpu().masked_fill_(~live, MASKED)
         for j, i in enumerate(p):
             row_scores[i], row_len[i] = logits[j], T
@@ -275,26 +274,6 @@ def read_beams(
         readings.append(Reading(list(beam), [rows[i] for i in idx], [row_scores[i] for i in idx],
                                 [row_len[i] for i in idx], W, sum(row_len[i] for i in idx)))
     return BatchReading(readings, [len(p) for p in passes], sum(len(r) for r in rows), padded)
-
-
-def _pass_inputs(rows: Sequence[PairRow], pad_id: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One reader pass's inputs, the rows padded on the right to the longest: input_ids, attention_mask,
-    token_type_ids (rows, T) int64 and block_mask (rows, T) bool, as :meth:`WordPieceTokenizer.pad_pairs`
-    (without the character offsets, which :func:`answer` takes from the rows)."""
-    T = max(len(r) for r in rows)
-    lengths = np.array([len(r) for r in rows])
-    pos = np.arange(T)
-    input_ids = np.full((len(rows), T), pad_id, dtype=np.int64)
-    for i, r in enumerate(rows):
-        input_ids[i, : len(r)] = r.ids
-    block_start = np.array([r.block_start for r in rows])[:, None]
-    block_end = np.array([r.block_end for r in rows])[:, None]
-    attention_mask = pos < lengths[:, None]
-    token_type_ids = (pos >= block_start) & attention_mask
-    block_mask = (pos >= block_start) & (pos < block_end)
-    return (torch.from_numpy(input_ids), torch.from_numpy(attention_mask.astype(np.int64)),
-            torch.from_numpy(token_type_ids.astype(np.int64)), torch.from_numpy(block_mask))
 
 
 def answer(reading: Reading, relevance_scale: float) -> QAResult:

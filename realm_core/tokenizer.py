@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,16 @@ class PairBatch:
     attention_mask: torch.Tensor
     token_type_ids: torch.Tensor
     block_mask: torch.Tensor
-    block_offsets: torch.Tensor
+    rows: Sequence[PairRow] = field(repr=False)
+
+    @cached_property
+    def block_offsets(self) -> torch.Tensor:
+        """(batch, seq_len, 2) int64, built on first use (a reader pass does not need it)."""
+        out = torch.full((*self.input_ids.shape, 2), -1, dtype=torch.long)
+        for i, r in enumerate(self.rows):
+            if r.block_offsets:
+                out[i, r.block_start : r.block_end] = torch.tensor(r.block_offsets)
+        return out
 
 
 def truncate_only_block(question_len: int, block_len: int, budget: int) -> tuple[int, int]:
@@ -243,21 +253,17 @@ class WordPieceTokenizer:
         T = max(len(r) for r in rows) if seq_len is None else seq_len
         if any(len(r) > T for r in rows):
             raise ValueError(f"a row of {max(len(r) for r in rows)} tokens does not fit in {T}")
-        n = len(rows)
-        input_ids = torch.full((n, T), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((n, T), dtype=torch.long)
-        token_type_ids = torch.zeros((n, T), dtype=torch.long)
-        block_mask = torch.zeros((n, T), dtype=torch.bool)
-        block_offsets = torch.full((n, T, 2), -1, dtype=torch.long)
+        lengths = np.array([len(r) for r in rows])[:, None]
+        block_start = np.array([r.block_start for r in rows])[:, None]
+        block_end = np.array([r.block_end for r in rows])[:, None]
+        pos = np.arange(T)
+        input_ids = np.full((len(rows), T), self.pad_id, dtype=np.int64)
         for i, r in enumerate(rows):
-            s, e = r.block_start, r.block_end
-            input_ids[i, : len(r)] = torch.tensor(r.ids)
-            attention_mask[i, : len(r)] = 1
-            token_type_ids[i, s : len(r)] = 1
-            block_mask[i, s:e] = True
-            if r.block_offsets:
-                block_offsets[i, s:e] = torch.tensor(r.block_offsets)
-        return PairBatch(input_ids, attention_mask, token_type_ids, block_mask, block_offsets)
+            input_ids[i, : len(r)] = r.ids
+        attention_mask = pos < lengths
+        return PairBatch(torch.from_numpy(input_ids), torch.from_numpy(attention_mask.astype(np.int64)),
+                         torch.from_numpy(((pos >= block_start) & attention_mask).astype(np.int64)),
+                         torch.from_numpy((pos >= block_start) & (pos < block_end)), rows)
 
     def encode_pairs(
         self, questions: Sequence[Pieces], blocks: Sequence[Pieces], max_length: int,
