@@ -13,12 +13,12 @@ import fcntl
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from realm_core.atomic import Scratch, remove_tree
+from realm_core.atomic import new_scratch as _new_scratch
 from realm_core.model_spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -203,34 +203,3 @@ class Home:
     @property
     def jobs_dir(self) -> Path:
         return self.root / "jobs"
-
-
-def _new_scratch(parent: Path, prefix: str) -> Scratch:
-    parent.mkdir(parents=True, exist_ok=True)
-    fd, lock = tempfile.mkstemp(dir=parent, prefix=prefix, suffix=".lock")
-    fcntl.flock(fd, fcntl.LOCK_EX)  # before the directory exists: a cleaner never sees it unlocked
-    path = Path(lock[: -len(".lock")])
-    path.mkdir(mode=0o755)
-    path.chmod(0o755)
-    return Scratch(path, fd)
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-class Scratch:
-    """A hidden directory this process writes, with the ``flock`` on ``<path>.lock`` that tells
-    :meth:`Home.remove_dead_scratch` its builder is alive (the kernel drops it when the process dies)."""
-
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path, self._fd = path, fd
-
-    def release(self) -> None:
-        """Remove the directory (if it was not renamed into place meanwhile) and its lock."""
-        if self._fd < 0:
-            return
-        remove_tree(self.path)
-        self.path.with_name(self.path.name + ".lock").unlink(missing_ok=True)
-        os.close(self._fd)
-        self._fd = -1

@@ -31,7 +31,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from realm_core.atomic import fsync_dir, publish_file, write_atomic
+from realm_core.atomic import fsync_dir, new_scratch, publish_file, write_atomic
 from realm_core.checkpoint import save_safetensors_atomic
 from realm_core.embedder import Embedder
 from realm_core.evaluation import has_answer
@@ -161,8 +160,8 @@ def write_model_version(base: Path, models_dir: Path, name: str, embedder: Embed
     """
     spec = ModelSpec.read(base)
     parent = models_dir / name
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=parent, prefix=".staging-"))
+    scratch = new_scratch(parent, ".staging-")  # locked: a sweep of dead staging leaves it alone
+    staging = scratch.path
     try:
         for p in base.iterdir():
             if p.name in ("model.json", "query_embedder"):
@@ -188,9 +187,8 @@ def write_model_version(base: Path, models_dir: Path, name: str, embedder: Embed
             fsync_dir(parent)
             return parent / str(version)
         raise OSError(f"could not publish a version of model {name} in {parent}")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    finally:
+        scratch.release()  # the directory if it was not renamed into place, and its lock
 
 
 @dataclass(frozen=True)

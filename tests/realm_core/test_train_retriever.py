@@ -140,3 +140,25 @@ def test_train_resumes_and_publishes_a_model_version(tiny: Path, tmp_path: Path)
 def _enc(model, q):  # type: ignore[no-untyped-def]
     e = model.query.tokenizer.encode_texts(q, 24)
     return e.input_ids, e.attention_mask, e.token_type_ids
+
+
+def test_a_sweep_of_dead_staging_leaves_a_model_version_being_written(
+        tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staging directory of ``write_model_version`` is a locked scratch: a worker's or convert-hf's sweep of
+    dead builders' staging (``Home.remove_dead_scratch``) that runs while it is written keeps it."""
+    import realm_core.train_retriever as tr
+    from index.home import Home
+
+    model = load_model_dir(tiny / "models" / "tiny" / "1", "tiny", 1)
+    swept: list[Path] = []
+    save = tr.save_safetensors_atomic
+
+    def save_then_sweep(state: dict[str, torch.Tensor], path: Path) -> None:
+        save(state, path)
+        swept.extend(Home(tiny).remove_dead_scratch(lambda job_id: False))
+
+    monkeypatch.setattr(tr, "save_safetensors_atomic", save_then_sweep)
+    out = write_model_version(tiny / "models" / "tiny" / "1", tiny / "models", "tiny-swept", model.query.embedder,
+                              model.query.tokenizer, {"steps": 0})
+    assert swept == [] and load_model_dir(out, "tiny-swept", 1).embedder_id == model.embedder_id
+    assert sorted(p.name for p in (tiny / "models" / "tiny-swept").iterdir()) == ["1"]  # no staging or lock left
