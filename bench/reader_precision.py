@@ -30,22 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from index.home import Home  # noqa: E402
 from realm_core import qa  # noqa: E402
-from realm_core.checkpoint import load_mapped, load_safetensors  # noqa: E402
 from realm_core.evaluation import exact_match, f1_score  # noqa: E402
 from realm_core.precision import apply_precision  # noqa: E402
-from realm_core.reader import SpanReader, reader_config_from_dict  # noqa: E402
+from realm_core.reader import SpanReader  # noqa: E402
 from realm_core.tokenizer import WordPieceTokenizer  # noqa: E402
+from realm_core.train_reader import load_reader  # noqa: E402
 from service.evaluate import load_questions  # noqa: E402
 from service.registry import load_engine  # noqa: E402
 
 HOME = Path(__file__).resolve().parents[1] / "service" / "default"
 MODEL = Home(HOME).model_dir("minilm-squad", 1)
-
-
-def load_reader() -> SpanReader:
-    reader = SpanReader(reader_config_from_dict(json.loads((MODEL / "reader_config.json").read_text())))
-    load_mapped(reader, load_safetensors(MODEL / "reader.safetensors"), {"": ""})
-    return reader.eval()
 
 
 def open_setting(n: int, batch: int, beam: int) -> None:
@@ -99,7 +93,7 @@ def main() -> None:
     print(f"{'precision':>9} {'device':>6} {'q/s':>8} {'rows/s':>8} {'EM':>6} {'= fp32 cpu':>10}")
     ref = None
     for prec, device in runs:
-        reader = apply_precision(load_reader(), prec)
+        reader = apply_precision(load_reader(MODEL).eval(), prec)
         if device == "cuda" and prec == "fp32":
             reader = reader.cuda()
 
