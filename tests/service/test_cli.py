@@ -43,10 +43,11 @@ def test_bad_setting_is_named(tmp_path: Path) -> None:
 def test_train_retriever_refuses_a_non_ascii_version_with_a_message(tmp_path: Path) -> None:
     """Regression: ``'²'.isdigit()`` is true, so ``--model m/²`` reached ``int('²')`` and died with a traceback."""
     from service.cli import main
+    from tests.service.tiny_home import write_model
 
-    (tmp_path / "models").mkdir()
+    write_model(tmp_path / "models" / "m" / "1")  # so that the index's version is the one refused
     for model, index in (("m/²", "m/1"), ("m/1", "m/²")):
         with pytest.raises(SystemExit) as e:
             main(["train-retriever", "--home", str(tmp_path), "--model", model, "--index", index,
                   "--squad", str(tmp_path / "none.json"), "--work", str(tmp_path / "w"), "--out-model", "o"])
-        assert "realmqa:" in str(e.value.code)
+        assert str(e.value.code).startswith("realmqa: 'm/²'") and "ASCII digits" in str(e.value.code)
