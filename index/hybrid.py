@@ -3,12 +3,14 @@
 Short names as in :mod:`index.faiss_index`: ``xq`` (n_queries, dim) query embeddings, ``k`` blocks wanted,
 ``D``/``I`` (n_queries, k) scores and rows. Each list is searched to ``depth = max(k, config.depth)``, the
 two are fused by the index version's :class:`index.fusion.FusionConfig`, and the top ``k`` fused rows are
-returned **with their relevance scores** (inner product of query and block embedding, the score the reader
-adds, REALM §3.4), not their fused scores: fusion decides which blocks are read and in which order, the
-reader keeps the relevance score it was trained and tuned with. A fused row that dense search did not
-return gets its inner product from the index's stored vector (``reconstruct``: Flat, HNSW); where the
-index cannot give it back (IVF, PQ without a direct map) it gets the lowest relevance score of that query's
-dense list, a bound it is known to lie under (approximate indexes aside).
+returned **with their relevance scores** (inner product of query and block embedding, REALM §3.4) and their
+fused scores. Fusion decides which blocks are read and in which order; which of the two scores the reader
+adds to its span scores is the model's choice (``model.json`` ``hybrid_relevance``,
+:mod:`realm_core.model_dir`): the inner product (``"dense"``, the default and REALM's) or the fused score
+(``"fused"``). A fused row that dense search did not return gets its inner product from the index's stored
+vector (``reconstruct``: Flat, HNSW); where the index cannot give it back (IVF, PQ without a direct map) it
+gets the lowest relevance score of that query's dense list, a bound it is known to lie under (approximate
+indexes aside).
 """
 
 from __future__ import annotations
@@ -114,8 +116,9 @@ def relevance_scores(index: faiss.Index, xq: np.ndarray, I: np.ndarray, dense: t
 
 def hybrid_search(searcher: faiss.Index, index: faiss.Index, bm25: BM25Index, config: FusionConfig,
                   xq: np.ndarray, queries: Sequence[str], k: int, timings: dict[str, float]
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` fused blocks of each query: ``D`` (n_queries, k) relevance scores, ``I`` rows, in fused order.
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` fused blocks of each query: ``D`` (n_queries, k) relevance scores, ``I`` rows, in fused order,
+    and ``F`` (n_queries, k) their fused scores (:func:`index.fusion.fuse`; ``-inf`` where ``I`` is -1).
 
     ``searcher`` searches (the index or its GPU copy); ``index`` is the CPU index (stored vectors).
     Adds ``search_ms`` (dense), ``bm25_ms`` and ``fuse_ms`` (fusion and relevance scores) to ``timings``.
@@ -126,7 +129,7 @@ def hybrid_search(searcher: faiss.Index, index: faiss.Index, bm25: BM25Index, co
     t1 = time.perf_counter()
     S, J = bm25.search(queries, depth)
     t2 = time.perf_counter()
-    _, If = fuse(config, (D, I), (S, J), k)
+    F, If = fuse(config, (D, I), (S, J), k)
     Df = relevance_scores(index, xq, If, (D, I))
     timings.update(search_ms=(t1 - t0) * 1e3, bm25_ms=(t2 - t1) * 1e3, fuse_ms=(time.perf_counter() - t2) * 1e3)
-    return Df, If
+    return Df, If, F

@@ -10,6 +10,7 @@
      "reader_truncation": "only_block",           # optional; a key of tokenizer.TRUNCATIONS
      "reader_question": "text",                   # optional; a key of READER_QUESTIONS
      "precision": "fp32",                         # optional; the reader's, a key of precision.PRECISIONS
+     "hybrid_relevance": "dense",                 # optional; a key of HYBRID_RELEVANCE
      "default_corpus": "corpus.jsonl.gz",         # optional; the service builds an index from it if none
      "embedder_id": "3f2a...",                    # optional; the block embedder's content id, cached
      "card": {...}}                               # where the weights came from
@@ -21,6 +22,13 @@ modules it names.
 the question as typed and cut only the block (the defaults); converted REALM checkpoints (kind
 ``"realm-hf"``, :mod:`realm_core.hf_realm`) use ``"longest_first"`` and ``"decoded"`` as HF
 ``RealmRetriever.__call__`` does.
+
+``hybrid_relevance`` is the relevance score the reader adds to a span score (× ``relevance_scale``; REALM §3.4)
+when the served index version is hybrid (dense MIPS and BM25 lists fused, :mod:`index.hybrid`): ``"dense"``
+(the default, REALM's): the inner product of query and block embeddings, as on a dense index; ``"fused"``:
+the block's fused retrieval score (:mod:`index.fusion`, e.g. the normalised sum in [0, 1]), which also
+carries the BM25 evidence. On a dense index the reader always adds the inner product; converted REALM
+checkpoints keep ``"dense"``.
 
 Embedder ``source`` values are keys of ``EMBEDDER_SOURCES``. A ``path`` is relative to the version
 directory, absolute, or ``python-package:<module>/<subdir>`` for files shipped inside an installed
@@ -48,6 +56,8 @@ from realm_core.tokenizer import TRUNCATIONS, WordPieceTokenizer
 # What the reader reads as the question: the text as typed, or (REALM) the embedder's input ids decoded
 # again (HF ``RealmRetriever.__call__``, see ``WordPieceTokenizer.round_trip``).
 READER_QUESTIONS = ("text", "decoded")
+# What the reader adds as the relevance score on a hybrid index (see the module docstring).
+HYBRID_RELEVANCE = ("dense", "fused")
 
 
 def _load_realmqa_embedder(path: Path) -> Embedder:
@@ -91,6 +101,7 @@ class QAModel:
     root: Path | None = None  # the version directory it was loaded from
     spec: ModelSpec | None = None  # its model.json
     precision: str = "fp32"  # the reader's (realm_core.precision)
+    hybrid_relevance: str = "dense"  # one of HYBRID_RELEVANCE
 
     def reader_question_texts(self, questions: list[str]) -> list[str]:
         """The question texts the reader tokenizes: as typed, or the query embedder's input decoded."""
@@ -141,9 +152,13 @@ def load_model_dir(root: str | Path, name: str, version: int, precision: str | N
         if spec.reader_question not in READER_QUESTIONS:
             raise ModelDirError(f"model.json reader_question {spec.reader_question!r} is not one of "
                                 f"{list(READER_QUESTIONS)}")
+        if spec.hybrid_relevance not in HYBRID_RELEVANCE:
+            raise ModelDirError(f"model.json hybrid_relevance {spec.hybrid_relevance!r} is not one of "
+                                f"{list(HYBRID_RELEVANCE)}")
         return QAModel(name, version, query, block, reader, reader_tok, spec.reader_seq_len,
                        spec.max_question_tokens, spec.block_max_tokens, spec.card, spec.reader_truncation,
-                       spec.reader_question, spec.block_embedder_id(root), root, spec, chosen)
+                       spec.reader_question, spec.block_embedder_id(root), root, spec, chosen,
+                       spec.hybrid_relevance)
     except (OSError, ValueError) as e:
         if isinstance(e, ModelDirError):
             raise

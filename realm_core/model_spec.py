@@ -134,6 +134,7 @@ class ModelSpec:
     reader_truncation: str = "only_block"
     reader_question: str = "text"
     precision: str = "fp32"  # the reader's: a key of realm_core.precision.PRECISIONS
+    hybrid_relevance: str = "dense"  # the relevance score the reader adds on a hybrid index: dense | fused
     default_corpus: str | None = None  # corpus the service builds an index from when none exists
     embedder_id: str | None = None  # cached block embedder id (see block_embedder_id)
     card: dict[str, Any] = field(default_factory=dict)
@@ -173,6 +174,7 @@ class ModelSpec:
                 reader_truncation=str(d.get("reader_truncation", "only_block")),
                 reader_question=str(d.get("reader_question", "text")),
                 precision=str(d.get("precision", "fp32")),
+                hybrid_relevance=str(d.get("hybrid_relevance", "dense")),
                 default_corpus=d.get("default_corpus"), embedder_id=d.get("embedder_id"),
                 card=dict(d.get("card") or {}), extra={k: v for k, v in d.items() if k not in known})
         except KeyError as e:
@@ -206,6 +208,8 @@ class ModelSpec:
                              "reader_seq_len": self.reader_seq_len, "max_question_tokens": self.max_question_tokens,
                              "block_max_tokens": self.block_max_tokens, "reader_truncation": self.reader_truncation,
                              "reader_question": self.reader_question, "precision": self.precision}
+        if self.hybrid_relevance != "dense":  # written only when set, so older model.json files read back equal
+            d["hybrid_relevance"] = self.hybrid_relevance
         for k in ("default_corpus", "embedder_id"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)

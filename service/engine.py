@@ -37,6 +37,7 @@ class ScoredBlock:
     block: Block
     score: float  # relevance score: inner product of query and block embeddings
     rank: int  # 1 = best
+    fused: float | None = None  # the fused retrieval score on a hybrid index version (index.fusion), else None
 
 
 @dataclass
@@ -198,15 +199,16 @@ class QAEngine:
         t0 = time.perf_counter()
         xq = embed_texts(self.model.query, queries).numpy()
         t1 = time.perf_counter()
+        F = None
         if self._hybrid is None:
             D, I = search(self._searcher[0], xq, k)
-        else:  # dense and BM25 lists fused; D stays the relevance score (index.hybrid)
-            D, I = hybrid_search(self._searcher[0], self.index.index, *self._hybrid, xq, queries, k, timings)
+        else:  # dense and BM25 lists fused; D stays the relevance score, F the fused score (index.hybrid)
+            D, I, F = hybrid_search(self._searcher[0], self.index.index, *self._hybrid, xq, queries, k, timings)
         t2 = time.perf_counter()
         rows = [int(r) for r in I.ravel() if r >= 0]
         blocks = iter(self.index.blocks.get(rows, self.model.reader_tokenizer.content_id if pieces else None))
-        out = [[ScoredBlock(next(blocks), float(d), rank + 1) for rank, (d, r) in enumerate(zip(Ds, Is)) if r >= 0]
-               for Ds, Is in zip(D, I)]
+        out = [[ScoredBlock(next(blocks), float(D[q, j]), j + 1, None if F is None else float(F[q, j]))
+                for j in range(I.shape[1]) if I[q, j] >= 0] for q in range(I.shape[0])]
         timings.setdefault("search_ms", (t2 - t1) * 1e3)
         timings.update(embed_ms=(t1 - t0) * 1e3, fetch_ms=(time.perf_counter() - t2) * 1e3)
         return out
@@ -252,9 +254,13 @@ class QAEngine:
         """Score every span of every question's blocks in length-grouped reader passes of at most
         ``max_pass_tokens`` padded tokens (blocks without stored wordpieces are tokenised here), with the
         model's reader-input rules (HF ``RealmRetriever.__call__``,
-        ``RealmForOpenQA.forward``'s ``block_mask``, ``RealmReader.forward``)."""
+        ``RealmForOpenQA.forward``'s ``block_mask``, ``RealmReader.forward``). Each block's relevance score is
+        its inner product, or on a hybrid index its fused score where the model's ``hybrid_relevance`` is
+        ``"fused"`` (:mod:`realm_core.model_dir`)."""
         m = self.model
-        beams = [[qa.BeamBlock(b.block.text, b.score, b.block.pieces) for b in blocks] for blocks in found]
+        fused = m.hybrid_relevance == "fused"
+        beams = [[qa.BeamBlock(b.block.text, b.fused if fused and b.fused is not None else b.score, b.block.pieces)
+                  for b in blocks] for blocks in found]
         return qa.read_beams(m.reader, m.reader_tokenizer, questions, beams, m.reader_seq_len,
                              m.reader_truncation, self.max_pass_tokens)
 

@@ -3,6 +3,8 @@ engine retrieval with its relevance scores, and dense-only versions staying dens
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -12,11 +14,13 @@ import pytest
 
 from index.bm25 import BM25Error, BM25Index
 from index.chunks import block_embedding_text
-from index.fusion import FusionConfig
+from index.faiss_index import search
+from index.fusion import FusionConfig, fuse
 from index.home import Home
 from index.hybrid import derive_hybrid_version, open_bm25, relevance_scores
 from index.version import open_version
 from realm_core.model_dir import embed_texts, load_model_dir
+from realm_core.model_spec import ModelDirError
 from service.engine import QAEngine
 from tests.conftest import BUNDLED_MODEL, make_home
 
@@ -98,6 +102,56 @@ def test_all_weight_on_dense_is_dense_retrieval(hybrid_home: Path, model) -> Non
     for d, f in zip(dense.retrieve(QUERIES, 6), fused.retrieve(QUERIES, 6)):
         assert [b.block.id for b in d.blocks] == [b.block.id for b in f.blocks]
         np.testing.assert_allclose([b.score for b in d.blocks], [b.score for b in f.blocks], rtol=1e-6)
+
+
+def test_the_reader_adds_the_fused_score_where_the_model_says_so(hybrid_home: Path, model) -> None:  # type: ignore[no-untyped-def]
+    """``hybrid_relevance: fused``: each block keeps its inner product as ``score`` and carries its fused score,
+    computed here from the two lists; the answer's scores are span score + relevance_scale × fused score, with
+    the same spans as the dense-relevance model (a per-block shift does not move a block's best span)."""
+    iv = open_version(hybrid_home / "indexes", "small", 2)
+    as_dense, as_fused = QAEngine(model, iv), QAEngine(dataclasses.replace(model, hybrid_relevance="fused"), iv)
+    part, cfg = open_bm25(iv)  # type: ignore[misc]
+    xq = embed_texts(model.query, QUERIES).numpy()
+    F, If = fuse(cfg, search(iv.index, xq, cfg.depth), part.search(QUERIES, cfg.depth), 5)
+    found = as_fused.retrieve_blocks(QUERIES, 5, {})
+    ids = iv.blocks._table.column("id").to_pylist()
+    scale = model.reader.config.relevance_scale
+    for q, (blocks, a_dense, a_fused) in enumerate(
+        zip(found, as_dense.answer(QUERIES, 5), as_fused.answer(QUERIES, 5))
+    ):
+        assert [b.block.id for b in blocks] == [ids[int(r)] for r in If[q]]
+        np.testing.assert_allclose([b.fused for b in blocks], F[q], rtol=1e-6)
+        assert len({b.score for b in blocks} | {b.fused for b in blocks}) > len(blocks)  # two different scores
+        by_id = {c.block.block.id: c for c in a_dense.candidates}
+        for c in a_fused.candidates:
+            d = by_id[c.block.block.id]
+            assert (c.answer, c.start_char) == (d.answer, d.start_char)
+            assert c.block.fused is not None
+            np.testing.assert_allclose(c.score - scale * c.block.fused, d.score - scale * d.block.score, atol=1e-4)
+    # on a dense index version there is no fused score: the reader adds the inner product either way
+    dense_iv = open_version(hybrid_home / "indexes", "small", 1)
+    for a, b in zip(
+        QAEngine(model, dense_iv).answer(QUERIES, 5),
+        QAEngine(dataclasses.replace(model, hybrid_relevance="fused"), dense_iv).answer(QUERIES, 5),
+    ):
+        assert [(c.answer, c.score) for c in a.candidates] == [(c.answer, c.score) for c in b.candidates]
+        assert all(c.block.fused is None for c in b.candidates)
+
+
+def test_hybrid_relevance_is_read_from_model_json_and_checked(tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    for f in BUNDLED_MODEL.iterdir():  # the bundled version's files linked, model.json changed
+        if f.name != "model.json":
+            (d / f.name).symlink_to(f)
+    spec = json.loads((BUNDLED_MODEL / "model.json").read_text())
+    spec["default_corpus"] = str(BUNDLED_MODEL / spec["default_corpus"])
+    (d / "model.json").write_text(json.dumps({**spec, "hybrid_relevance": "bm25"}))
+    with pytest.raises(ModelDirError, match="hybrid_relevance 'bm25'"):
+        load_model_dir(d, "m", 1)
+    (d / "model.json").write_text(json.dumps({**spec, "hybrid_relevance": "fused"}))
+    assert load_model_dir(d, "m", 1).hybrid_relevance == "fused"
+    assert load_model_dir(BUNDLED_MODEL, "minilm-squad", 1).hybrid_relevance == "dense"  # absent: dense
 
 
 def test_relevance_scores_without_stored_vectors() -> None:
