@@ -9,7 +9,7 @@ MiniLM (``hidden_act="gelu"``) and REALM (``hidden_act="gelu_new"``, HF ``RealmB
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -205,6 +205,7 @@ class BertModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Encode a padded batch.
 
@@ -212,16 +213,29 @@ class BertModel(nn.Module):
             input_ids: (batch, seq_len) int64 wordpiece ids.
             attention_mask: (batch, seq_len), 1 on tokens, 0 on padding.
             token_type_ids: (batch, seq_len), 0 for the first segment and 1 for the second; zeros if None.
+            keep: (N,) int64 flat positions (row × seq_len + position) of the only tokens whose last hidden
+                state is wanted, or None for all. The last layer's attention still reads every token; its
+                attention output, feed-forward and LayerNorms (row-wise) run on the kept tokens only.
 
         Returns:
-            (batch, seq_len, hidden) last hidden states.
+            (batch, seq_len, hidden) last hidden states; with ``keep``, (N, hidden) those of the kept tokens.
         """
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
         # Additive mask as HF ``get_extended_attention_mask``: 0 on tokens, finfo.min on padding.
         attn_bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min  # (B, 1, 1, T)
-        return self.encoder(x, attn_bias)  # type: ignore[no-any-return]
+        if keep is None:
+            return self.encoder(x, attn_bias)  # type: ignore[no-any-return]
+        if not len(self.encoder.layer):
+            return x.reshape(-1, x.shape[-1]).index_select(0, keep)
+        *first, last = cast(list[BertLayer], list(self.encoder.layer))
+        for layer in first:
+            x = layer(x, attn_bias)
+        C = x.shape[-1]
+        y = last.attention.self(x, attn_bias).reshape(-1, C).index_select(0, keep)  # (N, C)
+        x = last.attention.output(y, x.reshape(-1, C).index_select(0, keep))
+        return last.output(last.intermediate(x), x)  # type: ignore[no-any-return]
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

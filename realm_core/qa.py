@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
+import numpy as np
 import torch
 
 from realm_core.reader import SpanReader, span_candidates
@@ -213,6 +214,27 @@ def _index_of(width: int, start: int, seq_len: int, max_span_width: int) -> int 
     return _width_offsets(seq_len, max_span_width)[width - 1] + start
 
 
+def _row_layout(packed: torch.Tensor, block_start: Sequence[int], block_len: Sequence[int], seq_len: int,
+                max_span_width: int) -> torch.Tensor:
+    """The block-span scores of :meth:`realm_core.reader.SpanReader.block_span_scores` ((Σ block_len, W))
+    laid out per row as :func:`span_candidates` orders a row of ``seq_len`` tokens: (rows, num_spans)
+    float32, ``MASKED`` where a span is not wholly inside the block (HF ``mask_to_score``)."""
+    W = max_span_width
+    lens = np.asarray(block_len, dtype=np.int64)
+    offs = np.asarray(_width_offsets(seq_len, W), dtype=np.int64)
+    Wt = len(offs) - 1  # widths that fit in seq_len tokens
+    out = torch.full((len(lens), int(offs[-1])), MASKED)
+    N = int(lens.sum())
+    row = np.repeat(np.arange(len(lens)), lens)  # (N,) the row of each packed block wordpiece
+    i = np.arange(N) - np.repeat(np.cumsum(lens) - lens, lens)  # its position in its block
+    w = np.arange(Wt)[None, :]  # width − 1
+    live = i[:, None] + w < lens[row][:, None]  # (N, Wt) spans that stay inside the block
+    dst = row[:, None] * int(offs[-1]) + offs[None, :Wt] + (np.asarray(block_start, dtype=np.int64)[row] + i)[:, None]
+    src = np.arange(N)[:, None] * W + w
+    out.view(-1)[torch.from_numpy(dst[live])] = packed.reshape(-1)[torch.from_numpy(src[live])]
+    return out
+
+
 @torch.no_grad()
 def read_beams(
     reader: SpanReader,
@@ -259,10 +281,11 @@ def read_beams(
         enc = tokenizer.pad_pairs([rows[i] for i in p])
         T = enc.input_ids.shape[1]
         padded += T * len(p)
-        scores, starts, ends = reader.span_scores(enc.input_ids.to(device), enc.attention_mask.to(device),
-                                                  enc.token_type_ids.to(device))  # (rows, C)
-        live = enc.block_mask[:, starts.cpu()] & enc.block_mask[:, ends.cpu()]  # (rows, C)
-        logits = scores.float().cpu().masked_fill_(~live, MASKED)
+        block_start = [rows[i].block_start for i in p]
+        block_len = [len(rows[i].block_offsets) for i in p]
+        packed = reader.block_span_scores(enc.input_ids.to(device), enc.attention_mask.to(device),
+                                          enc.token_type_ids.to(device), block_start, block_len)
+        logits = _row_layout(packed.float().cpu(), block_start, block_len, T, W)  # (rows, C)
         for j, i in enumerate(p):
             row_scores[i], row_len[i] = logits[j], T
 

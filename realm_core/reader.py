@@ -8,8 +8,11 @@ is scored from a start and an end representation; the relevance score of the blo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -66,6 +69,63 @@ class ReaderProjection(nn.Module):
             out.append(self.dense_output(self.layer_normalization(x)).squeeze(-1))  # (B, T−w+1)
         return torch.cat(out, dim=1)  # (B, C)
 
+    def output_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """LayerNorm + ``dense_output`` folded into one vector: (v (S,), sum(v) (), c ()) float32 with
+        ``w · LN(x) + b = (v · x − mean(x) sum(v)) / sqrt(var(x) + eps) + c`` for every x (S,), where
+        v = w ∘ γ and c = w · β + b (LN's biased variance). Quantized (int8) output layers give their
+        dequantized weights."""
+        lin: Any = self.dense_output  # nn.Linear, or a quantized Linear (weight() and bias() methods)
+        weight, bias = lin.weight, lin.bias
+        if callable(weight):
+            weight, bias = weight().dequantize(), bias()
+        w = weight.detach().float()[0]  # (S,)
+        ln = self.layer_normalization
+        v = w * ln.weight.detach().float()
+        c = w @ ln.bias.detach().float() + (bias.detach().float()[0] if bias is not None else 0.0)
+        return v, v.sum(), c
+
+    def block_spans(self, hidden: torch.Tensor, max_span_width: int, chunk_starts: int = 32) -> torch.Tensor:
+        """Scores of the spans that start at each token of a packed sequence (inference only: no autograd).
+
+        ``hidden`` holds the block wordpieces of all rows one after the other (the only tokens a span HF
+        ``mask_to_score`` leaves unmasked can touch), so question, special and padding tokens are neither
+        projected nor scored. Spans are taken ``chunk_starts`` start positions at a time (all widths of a start
+        together: a (chunk_starts, max_span_width, S) buffer that stays in cache) through add, ReLU, one (S, 2)
+        matrix product and a norm: LayerNorm + ``dense_output`` are folded (:meth:`output_terms`), so the
+        normalised tensor is never written. Same function as :meth:`forward` (HF
+        ``RealmReaderProjection.forward``) up to float rounding of the sums (``tests/realm_core/test_reader.py``).
+
+        Args:
+            hidden: (N, hidden) encoder output of the packed block wordpieces.
+            max_span_width: W, the widest span in wordpieces.
+
+        Returns:
+            (N, W) float32: entry [p, w − 1] is the score of the span of tokens p..p + w − 1. Entries of spans
+            that run past their row's block (into the next row's, or past N) are finite and meaningless.
+        """
+        N, W = hidden.shape[0], max_span_width
+        if N == 0:
+            return hidden.new_zeros(0, W, dtype=torch.float32)
+        proj = self.dense_intermediate(hidden).float()  # (N, 2S)
+        S = proj.shape[1] // 2
+        start = proj[:, :S]
+        end = torch.cat([proj[:, S:], proj.new_zeros(W - 1, S)])  # (N + W − 1, S): windows past N read zeros
+        ends = end.as_strided((N, W, S), (S, S, 1))  # ends[p, w − 1] = end projection of token p + w − 1
+        v, v_sum, c = (t.to(proj.device) for t in self.output_terms())
+        M = torch.stack([v, torch.full_like(v, 1.0 / S)], dim=1)  # (S, 2): v · x and mean(x)
+        dot_mean = proj.new_empty(N * W, 2)
+        norm = proj.new_empty(N, W)
+        buf = proj.new_empty(min(chunk_starts, N), W, S)
+        for p in range(0, N, chunk_starts):
+            n = min(chunk_starts, N - p)
+            x = torch.add(start[p:p + n, None], ends[p:p + n], out=buf[:n]).relu_()  # (n, W, S)
+            torch.mm(x.view(n * W, S), M, out=dot_mean[p * W:(p + n) * W])
+            torch.linalg.vector_norm(x, 2, dim=-1, out=norm[p:p + n])
+        dot, mean = dot_mean[:, 0].view(N, W), dot_mean[:, 1].view(N, W)
+        var = (norm.square_().div_(S) - mean.square()).clamp_min_(0.0)  # biased, as LayerNorm's
+        eps = self.layer_normalization.eps
+        return (dot - mean * v_sum).mul_(var.add_(eps).rsqrt_()).add_(c)
+
 
 class SpanReader(nn.Module):
     """BERT + span head. ``forward`` gives masked span logits with the relevance score added."""
@@ -89,6 +149,25 @@ class SpanReader(nn.Module):
         hidden = self.realm(input_ids, attention_mask, token_type_ids)  # (R, T, H)
         starts, ends = span_candidates(input_ids.shape[1], self.config.max_span_width, input_ids.device)
         return self.qa_outputs(hidden, self.config.max_span_width), starts, ends
+
+    def block_span_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                          block_start: Sequence[int], block_len: Sequence[int]) -> torch.Tensor:
+        """Scores of the spans wholly inside each row's block (inference; the rest HF masks), relevance
+        score not added: :meth:`ReaderProjection.block_spans` over the encoder's output.
+
+        Args:
+            input_ids, attention_mask, token_type_ids: (rows, seq_len).
+            block_start, block_len: per row, its first block wordpiece's position and their number.
+
+        Returns:
+            (Σ block_len, max_span_width) float32, laid out as :meth:`ReaderProjection.block_spans` says.
+        """
+        R, T = input_ids.shape
+        lens = np.asarray(block_len, dtype=np.int64)
+        row_first = np.arange(R) * T + np.asarray(block_start, dtype=np.int64) - np.cumsum(lens) + lens
+        keep = torch.from_numpy(np.repeat(row_first, lens) + np.arange(int(lens.sum()))).to(input_ids.device)
+        hidden = self.realm(input_ids, attention_mask, token_type_ids, keep=keep)  # (Σ block_len, H)
+        return self.qa_outputs.block_spans(hidden, self.config.max_span_width)
 
     def forward(
         self,

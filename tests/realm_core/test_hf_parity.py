@@ -21,6 +21,7 @@ import torch
 pytest.importorskip("transformers", reason="REALM parity tests need the test-only reference extra: "
                     "pip install 'transformers>=4.57,<4.58'")
 
+from realm_core import qa  # noqa: E402
 from realm_core.checkpoint import CheckpointError  # noqa: E402
 from realm_core.hf_realm import (  # noqa: E402
     block_emb_shape,
@@ -270,6 +271,39 @@ def test_reader_and_answer_equal_hf(hf_realm: HfRealmFixture, tok: WordPieceToke
         assert inside == a.answer_ids
         picked_blocks.add(b)
     assert len(picked_blocks) >= 3  # the reader, not only the relevance score, chooses the block
+
+
+def test_batched_read_equals_hf(hf_realm: HfRealmFixture, tok: WordPieceTokenizer, modules,  # type: ignore[no-untyped-def]
+                               block_index) -> None:
+    """All questions' reader beams read together (``qa.read_beams``: length-grouped passes, the block-only span
+    head): per question, HF's span logits within 1e-4, the same masked spans and HF's answer."""
+    emb, reader = modules
+    questions, beams = [], []
+    for q in hf_realm.questions:
+        enc = tok.encode_texts([q], emb.config.max_tokens)
+        with torch.no_grad():
+            xq = emb(enc.input_ids, enc.attention_mask, enc.token_type_ids).numpy()
+        D, I = block_index.search(xq, CONFIG["reader_beam_size"])
+        questions.append(tok.pieces(tok.round_trip([q], emb.config.max_tokens))[0])
+        beams.append([qa.BeamBlock(t, float(d)) for t, d in zip(_block_texts(hf_realm, I[0].tolist()), D[0])])
+    batch = qa.read_beams(reader, tok, questions, beams, CONFIG["reader_seq_len"], "longest_first")
+    assert len(batch.pass_rows) < len(questions)
+    for reading, a, beam in zip(batch.readings, hf_realm.answers, beams, strict=True):
+        logits = reading.logits(1.0)
+        assert logits.shape == a.logits.shape
+        live = a.logits > MASKED
+        assert torch.equal(logits > MASKED, live)
+        assert (logits[live] - a.logits[live]).abs().max().item() <= 1e-4
+        best = qa.answer(reading, 1.0).best
+        assert best.row == a.block_idx
+        inside = [i for i, (x, y) in zip(*_block_pieces(tok, beam[best.row].text), strict=True)
+                  if best.start_char <= x and y <= best.end_char]
+        assert inside == a.answer_ids
+
+
+def _block_pieces(tok: WordPieceTokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    p = tok.pieces([text])[0]
+    return p.ids, p.offsets
 
 
 def test_written_model_dir_loads_the_same(hf_realm: HfRealmFixture, tmp_path: Path, modules) -> None:  # type: ignore[no-untyped-def]

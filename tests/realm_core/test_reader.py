@@ -11,6 +11,7 @@ import torch
 from realm_core.bert import BertConfig
 from realm_core.reader import (
     ReaderConfig,
+    ReaderProjection,
     SpanReader,
     marginal_log_likelihood,
     reader_config_from_dict,
@@ -165,6 +166,103 @@ def test_batched_equals_row_by_row() -> None:
                 extra = torch.ones(len(starts), dtype=torch.bool)
                 extra[cols] = False
                 assert (logits[r, extra] < MASKED).all()
+
+
+def _hf_projection(proj: ReaderProjection, hidden: torch.Tensor, max_span_width: int) -> torch.Tensor:
+    """HF ``RealmReaderProjection.forward`` as written there: every candidate span gathered at once,
+    ``dense_output(layer_normalization(relu(start + end)))`` → (rows, num_spans)."""
+    starts, ends = span_candidates(hidden.shape[1], max_span_width)
+    start_proj, end_proj = proj.dense_intermediate(hidden).chunk(2, dim=-1)
+    x = torch.relu(start_proj.index_select(1, starts) + end_proj.index_select(1, ends))
+    return proj.dense_output(proj.layer_normalization(x)).squeeze(-1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_block_spans_equal_hf_projection(seed: int) -> None:
+    """The packed, chunked, LayerNorm-folded span head gives HF's score for every span inside a block (blocks
+    of 1 to 40 wordpieces, shorter and longer than max_span_width, at any offset, ending at the last token),
+    with random LayerNorm weights and hidden states far from zero mean (cancellation in mean and variance)."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    proj = ReaderProjection(ReaderConfig(bert=TINY, span_hidden_size=24)).eval()
+    with torch.no_grad():
+        proj.layer_normalization.weight.normal_(1.0, 0.5, generator=g)
+        proj.layer_normalization.bias.normal_(0.0, 0.5, generator=g)
+        proj.dense_output.bias.fill_(0.3)
+    T = 48
+    block_start = [0, 3, 7, 1, 46, 20, 5]
+    block_len = [1, 9, 41, 10, 2, 28, 4]
+    hidden = torch.randn(len(block_start), T, TINY.hidden_size, generator=g) * 3 + 2
+    with torch.no_grad():
+        want = _hf_projection(proj, hidden, 10)  # (rows, num_spans)
+        plain = proj(hidden, 10)
+        assert (plain - want).abs().max().item() <= 1e-5  # our width-at-a-time forward, too
+        starts, ends = span_candidates(T, 10)
+        index = {span: c for c, span in enumerate(_pairs(starts, ends))}
+        packed = torch.cat([hidden[r, bs:bs + bl] for r, (bs, bl) in enumerate(zip(block_start, block_len))])
+        for chunk in (1, 3, 32, 1000):
+            got = proj.block_spans(packed, 10, chunk)
+            assert got.shape == (sum(block_len), 10) and got.dtype == torch.float32
+            p = 0
+            for r, (bs, bl) in enumerate(zip(block_start, block_len, strict=True)):
+                for i in range(bl):
+                    for w in range(1, min(10, bl - i) + 1):
+                        y = float(want[r, index[(bs + i, bs + i + w - 1)]])
+                        assert abs(float(got[p + i, w - 1]) - y) <= 1e-5 * max(1.0, abs(y))
+                p += bl
+            assert torch.isfinite(got).all()
+
+
+def test_block_spans_of_no_block_token() -> None:
+    proj = ReaderProjection(ReaderConfig(bert=TINY, span_hidden_size=8)).eval()
+    with torch.no_grad():
+        got = proj.block_spans(torch.randn(0, TINY.hidden_size), 10)
+    assert got.shape == (0, 10)
+
+
+def test_block_span_scores_equal_masked_forward() -> None:
+    """The encoder's last layer run on block tokens only (``keep``) + the packed span head give the
+    unmasked spans of the plain forward, for rows padded to a common length."""
+    reader = _reader()
+    layout = [(3, 5), (2, 9), (4, 1), (1, 12)]
+    inputs = _rows(layout, seq_len=20)
+    block_start = [q + 2 for q, _ in layout]
+    block_len = [b for _, b in layout]
+    with torch.no_grad():
+        want, starts, ends = reader(**inputs)
+        got = reader.block_span_scores(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"],
+                                       block_start, block_len)
+        hidden = reader.realm(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
+        keep = torch.cat([r * 20 + torch.arange(bs, bs + bl) for r, (bs, bl) in enumerate(zip(block_start, block_len))])
+        kept = reader.realm(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], keep=keep)
+    assert (kept - hidden.reshape(-1, TINY.hidden_size)[keep]).abs().max().item() <= 1e-5
+    index = {span: c for c, span in enumerate(_pairs(starts, ends))}
+    p, n = 0, 0
+    for r, (bs, bl) in enumerate(zip(block_start, block_len)):
+        for i in range(bl):
+            for w in range(1, min(10, bl - i) + 1):
+                assert abs(float(got[p + i, w - 1]) - float(want[r, index[(bs + i, bs + i + w - 1)]])) <= 1e-5
+                n += 1
+        p += bl
+    assert n == int((want > MASKED).sum())
+
+
+def test_output_terms_of_a_quantized_output_layer() -> None:
+    """An int8 ``dense_output`` (torch.ao dynamic) folds its dequantized weights: the folded form equals
+    LayerNorm then a float Linear holding those weights."""
+    torch.manual_seed(0)
+    proj = ReaderProjection(ReaderConfig(bert=TINY, span_hidden_size=16)).eval()
+    q = torch.ao.quantization.quantize_dynamic(proj, {torch.nn.Linear}, dtype=torch.qint8)
+    v, v_sum, c = q.output_terms()
+    lin = torch.nn.Linear(16, 1)
+    with torch.no_grad():
+        lin.weight.copy_(q.dense_output.weight().dequantize())
+        lin.bias.copy_(q.dense_output.bias())
+        x = torch.relu(torch.randn(50, 16))
+        want = lin(proj.layer_normalization(x))[:, 0]
+        mean, var = x.mean(-1), x.var(-1, unbiased=False)
+        got = (x @ v - mean * v_sum) / torch.sqrt(var + proj.layer_normalization.eps) + c
+    assert (got - want).abs().max().item() <= 1e-5
 
 
 def test_reader_config_round_trip() -> None:
