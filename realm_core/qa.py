@@ -28,6 +28,9 @@ from realm_core.reader import SpanReader, span_candidates
 from realm_core.tokenizer import PairBatch, PairRow, Pieces, WordPieceTokenizer
 
 MASKED = torch.finfo(torch.float32).min  # a span not wholly inside the block (HF ``mask_to_score``)
+# Padded tokens per reader pass: small passes keep a pass's activations in the CPU's caches (tiny REALM at
+# batch 32, 2 cores: 2,048 tokens 21.0 ms per question, 8,192 21.7, 65,536 24.9; bench/README.md).
+MAX_PASS_TOKENS = 2048
 
 
 class QuestionError(ValueError):
@@ -243,7 +246,7 @@ def read_beams(
     beams: Sequence[Sequence[BeamBlock]],
     seq_len: int,
     truncation: str = "only_block",
-    max_pass_tokens: int = 65536,
+    max_pass_tokens: int = MAX_PASS_TOKENS,
     max_padding: float = 0.125,
 ) -> BatchReading:
     """Score every span of every block of every question's reader beam, in length-grouped reader passes.

@@ -125,7 +125,7 @@ class QAEngine:
         ValueError: the index was built by another embedder, or its dimension differs.
     """
 
-    def __init__(self, model: QAModel, index: IndexVersion, max_pass_tokens: int = 65536) -> None:
+    def __init__(self, model: QAModel, index: IndexVersion, max_pass_tokens: int = qa.MAX_PASS_TOKENS) -> None:
         check_pair(model, index)
         self.model, self.index = model, index
         self.warmer = warm_index_file  # (index file, bytes the serving version keeps) -> Warmup
