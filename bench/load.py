@@ -1,8 +1,15 @@
 """Closed-loop load on a running realmqa: for each concurrency level, that many clients send requests back to
-back for a fixed time; prints requests/s, p50/p90/p99 latency and the errors (by status).
+back for a fixed time; prints requests/s, p50/p90/p99 latency, the errors (by status) and the CPU the load
+client itself used (cores: CPU seconds per wall second, all its processes together).
 
     python bench/load.py --url http://127.0.0.1:8000 --concurrency 1,8,32 --duration 30
     python bench/load.py --url ... --route retrieve --questions questions.jsonl
+    python bench/load.py --url ... --concurrency 1,32 --processes 2   # clients spread over 2 processes
+
+Closed loop: each client sends its next request when its last one is answered. With ``--processes P`` the
+clients of a level are split over P processes (each its own event loop and connection pool), started together
+after the processes are up, so that on a small machine one client process's event loop is not what limits
+the rate; latencies and errors are pooled.
 
 Questions: JSON Lines with a "question" field, or the built-in SQuAD-style list. Any URL works; keep load
 tests on hosts you run.
@@ -14,9 +21,12 @@ import argparse
 import asyncio
 import itertools
 import json
+import multiprocessing as mp
+import resource
 import statistics
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -33,21 +43,47 @@ DEFAULT_QUESTIONS = [
 ]
 
 
+@dataclass
+class Result:
+    """One level's outcome (of one process, or pooled)."""
+
+    requests: int = 0
+    latencies: list[float] = field(default_factory=list)  # s, of the 200s
+    errors: Counter[str] = field(default_factory=Counter)  # by status or exception name
+    elapsed: float = 0.0  # s, wall
+    cpu_s: float = 0.0  # CPU seconds the client used over the level (user + system)
+
+    def add(self, other: Result) -> None:
+        self.requests += other.requests
+        self.latencies += other.latencies
+        self.errors.update(other.errors)
+        self.elapsed = max(self.elapsed, other.elapsed)
+        self.cpu_s += other.cpu_s
+
+
 def percentile(xs: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty list."""
     s = sorted(xs)
     return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
 
 
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 async def level(url: str, route: str, questions: list[str], concurrency: int, duration: float,
-                timeout: float) -> tuple[int, list[float], Counter[str], float]:
-    """(requests, latencies in s of the 200s, error counts by status or exception, elapsed s)."""
-    lat: list[float] = []
-    errors: Counter[str] = Counter()
-    counter = itertools.count()
+                timeout: float, first: int = 0, start_at: float | None = None) -> Result:
+    """``concurrency`` closed-loop clients for ``duration`` s (from ``start_at``, a ``time.time()``, if
+    given); client i starts at question ``first + i`` of the list."""
+    out = Result()
+    counter = itertools.count(first)
     key = "question" if route == "answer" else "query"
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+        if start_at is not None:
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+        cpu0 = _cpu_s()
         start = time.perf_counter()
         end = start + duration
 
@@ -58,16 +94,40 @@ async def level(url: str, route: str, questions: list[str], concurrency: int, du
                 try:
                     r = await client.post(f"/{route}", json={key: q})
                 except httpx.HTTPError as e:
-                    errors[type(e).__name__] += 1
+                    out.errors[type(e).__name__] += 1
                     continue
                 if r.status_code == 200:
-                    lat.append(time.perf_counter() - t0)
+                    out.latencies.append(time.perf_counter() - t0)
                 else:
-                    errors[str(r.status_code)] += 1
+                    out.errors[str(r.status_code)] += 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return len(lat) + sum(errors.values()), lat, errors, elapsed
+        out.elapsed = time.perf_counter() - start
+        out.cpu_s = _cpu_s() - cpu0
+    out.requests = len(out.latencies) + sum(out.errors.values())
+    return out
+
+
+def _process_level(args: tuple[str, str, list[str], int, float, float, int, float]) -> Result:
+    return asyncio.run(level(*args))
+
+
+def run_level(url: str, route: str, questions: list[str], concurrency: int, duration: float, timeout: float,
+              processes: int) -> Result:
+    """One level in this process (``processes`` ≤ 1) or split over ``processes`` processes."""
+    if processes <= 1 or concurrency < 2:
+        return asyncio.run(level(url, route, questions, concurrency, duration, timeout))
+    n = min(processes, concurrency)
+    shares = [concurrency // n + (i < concurrency % n) for i in range(n)]
+    start_at = time.time() + 1.0 + 0.2 * n  # after every process has started and connected
+    firsts = list(itertools.accumulate([0, *shares[:-1]]))
+    with mp.get_context("spawn").Pool(n) as pool:
+        parts = pool.map(_process_level, [(url, route, questions, c, duration, timeout, f, start_at)
+                                          for c, f in zip(shares, firsts)])
+    out = Result()
+    for part in parts:
+        out.add(part)
+    return out
 
 
 def load_questions(path: str | None) -> list[str]:
@@ -76,7 +136,7 @@ def load_questions(path: str | None) -> list[str]:
     return [json.loads(line)["question"] for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-async def main() -> None:
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--route", choices=["answer", "retrieve"], default="answer")
@@ -84,19 +144,22 @@ async def main() -> None:
     p.add_argument("--duration", type=float, default=30.0, help="seconds per level")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds at concurrency 1 first, not reported")
     p.add_argument("--timeout", type=float, default=60.0, help="client timeout per request, s")
+    p.add_argument("--processes", type=int, default=1, help="client processes a level's clients are split over")
     p.add_argument("--questions", help="JSON Lines with a 'question' field (default: a built-in list)")
     a = p.parse_args()
     questions = load_questions(a.questions)
     if a.warmup > 0:
-        await level(a.url, a.route, questions, 1, a.warmup, a.timeout)
-    print(f"{a.url}/{a.route}, {a.duration:.0f} s per level")
-    print(f"{'conc':>5} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>7}  by kind")
+        run_level(a.url, a.route, questions, 1, a.warmup, a.timeout, 1)
+    print(f"{a.url}/{a.route}, {a.duration:.0f} s per level, client processes up to {max(a.processes, 1)}")
+    print(f"{'conc':>5} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>7} "
+          f"{'client cpu':>10}  by kind")
     for c in (int(x) for x in a.concurrency.split(",")):
-        n, lat, errors, elapsed = await level(a.url, a.route, questions, c, a.duration, a.timeout)
-        ms = [x * 1e3 for x in lat] or [float("nan")]
-        print(f"{c:>5} {n:>9} {len(lat) / elapsed:>8.1f} {statistics.median(ms):>8.1f} {percentile(ms, 90):>8.1f} "
-              f"{percentile(ms, 99):>8.1f} {sum(errors.values()):>7}  {dict(errors) or ''}")
+        r = run_level(a.url, a.route, questions, c, a.duration, a.timeout, a.processes)
+        ms = [x * 1e3 for x in r.latencies] or [float("nan")]
+        print(f"{c:>5} {r.requests:>9} {len(r.latencies) / r.elapsed:>8.1f} {statistics.median(ms):>8.1f} "
+              f"{percentile(ms, 90):>8.1f} {percentile(ms, 99):>8.1f} {sum(r.errors.values()):>7} "
+              f"{r.cpu_s / r.elapsed:>10.2f}  {dict(r.errors) or ''}", flush=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
