@@ -51,7 +51,7 @@ from realm_core.embedder import Embedder, EmbedderConfig, load_sentence_transfor
 from realm_core.model_spec import EMBEDDER_FILES, EmbedderSpec, ModelDirError, ModelSpec, resolve_path
 from realm_core.precision import PrecisionError, apply_precision
 from realm_core.reader import SpanReader, reader_config_from_dict
-from realm_core.tokenizer import TRUNCATIONS, WordPieceTokenizer
+from realm_core.tokenizer import TRUNCATIONS, Pieces, WordPieceTokenizer
 
 # What the reader reads as the question: the text as typed, or (REALM) the embedder's input ids decoded
 # again (HF ``RealmRetriever.__call__``, see ``WordPieceTokenizer.round_trip``).
@@ -103,10 +103,14 @@ class QAModel:
     precision: str = "fp32"  # the reader's (realm_core.precision)
     hybrid_relevance: str = "dense"  # one of HYBRID_RELEVANCE
 
-    def reader_question_texts(self, questions: list[str]) -> list[str]:
-        """The question texts the reader tokenizes: as typed, or the query embedder's input decoded."""
+    def reader_question_texts(self, questions: list[str], query_pieces: list[Pieces] | None = None) -> list[str]:
+        """The question texts the reader tokenizes: as typed, or the query embedder's input decoded.
+        ``query_pieces``: the questions' wordpieces for the query embedder, if already cut (not cut again)."""
         if self.reader_question == "decoded":
-            return self.query.tokenizer.round_trip(questions, self.query.embedder.config.max_tokens)
+            tok, max_tokens = self.query.tokenizer, self.query.embedder.config.max_tokens
+            if query_pieces is None:
+                return tok.round_trip(questions, max_tokens)
+            return tok.round_trip_pieces(query_pieces, max_tokens)
         return list(questions)
 
     @property
@@ -167,15 +171,19 @@ def load_model_dir(root: str | Path, name: str, version: int, precision: str | N
 
 @torch.no_grad()
 def embed_texts(files: EmbedderFiles, texts: list[str], batch_size: int = 64,
-                device: torch.device | None = None) -> torch.Tensor:
+                device: torch.device | None = None, pieces: list[Pieces] | None = None) -> torch.Tensor:
     """(len(texts), dim) float32 embeddings (on the CPU), in batches of ``batch_size`` texts sorted by length.
-    ``device``: where the embedder's weights are and the batches run (None: the CPU)."""
+    ``device``: where the embedder's weights are and the batches run (None: the CPU). ``pieces``: the texts'
+    wordpieces for ``files.tokenizer`` if already cut (``WordPieceTokenizer.pieces``; not cut again)."""
     emb = files.embedder
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = torch.empty((len(texts), emb.config.dim), dtype=torch.float32)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
-        b = files.tokenizer.encode_texts([texts[j] for j in idx], emb.config.max_tokens)
+        if pieces is None:
+            b = files.tokenizer.encode_texts([texts[j] for j in idx], emb.config.max_tokens)
+        else:
+            b = files.tokenizer.encode_pieces([pieces[j] for j in idx], emb.config.max_tokens)
         if device is None:
             out[idx] = emb(b.input_ids, b.attention_mask, b.token_type_ids).float()
         else:

@@ -210,12 +210,19 @@ class WordPieceTokenizer:
         pieces re-joined, spaces around punctuation). HF's optional ``clean_up_tokenization_spaces`` only
         removes spaces before punctuation, which re-tokenizing splits off again, so it is not applied.
         """
-        ids = self.encode_texts(texts, max_tokens).input_ids
-        return [self.decode(row) for row in ids.tolist()]
+        return self.round_trip_pieces(self.pieces(texts), max_tokens)
+
+    def round_trip_pieces(self, pieces: Sequence[Pieces], max_tokens: int) -> list[str]:
+        """:meth:`round_trip` of texts already cut into wordpieces (their :meth:`pieces`): the same strings."""
+        return [self.decode([self.cls_id, *p.ids[: max_tokens - 2], self.sep_id]) for p in pieces]
 
     def encode_texts(self, texts: Sequence[str], max_tokens: int) -> TextBatch:
         """``[CLS] text [SEP]`` per text, each cut to ``max_tokens`` tokens in all, padded to the longest."""
-        rows = [[self.cls_id, *p.ids[: max_tokens - 2], self.sep_id] for p in self.pieces(texts)]
+        return self.encode_pieces(self.pieces(texts), max_tokens)
+
+    def encode_pieces(self, pieces: Sequence[Pieces], max_tokens: int) -> TextBatch:
+        """:meth:`encode_texts` of texts already cut into wordpieces (their :meth:`pieces`)."""
+        rows = [[self.cls_id, *p.ids[: max_tokens - 2], self.sep_id] for p in pieces]
         T = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), T), dtype=torch.long)

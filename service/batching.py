@@ -11,7 +11,8 @@ reader_seq_len`` per question; TEI's token budget), and runs the batch through t
 ``answer``/``retrieve`` in ONE worker thread, so the event loop stays free and torch gets one batch at a
 time (Triton's dynamic batcher, Ray Serve's ``@serve.batch``). Engines answer each question of a batch as
 if alone, so batched results equal one-at-a-time results. Requests are validated before they are queued
-(the routes call the engine's ``validate_question``/``validate_query``), so a bad one never joins a batch; a
+(the routes call the engine's ``validate_question``/``validate_query``, whose results — the text's wordpieces —
+go back to the engine with the job, so it is not cut twice), so a bad one never joins a batch; a
 batch that still raises is run again one job at a time so only the faulty request fails.
 
 Only live jobs count: a job whose handler gave up (deadline passed, client gone) leaves the queue at once,
@@ -49,6 +50,7 @@ class _Job:
     enqueued: float  # time.monotonic()
     deadline: float  # time.monotonic()
     started: float | None = None  # time.monotonic() when its batch went to the engine (per-job timings start here)
+    prepared: object = None  # what the engine's check returned for the text (given back to the engine)
     future: asyncio.Future[Any] = field(repr=False, default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def key(self) -> tuple[int, str, int]:
@@ -95,14 +97,18 @@ class Batcher:
         """Alive and not shutting down: what readiness needs of the batcher."""
         return self.alive and not self._draining
 
-    async def answer(self, engine: Engine, question: str, reader_beam_size: int, timeout_s: float) -> Answer:
+    async def answer(self, engine: Engine, question: str, reader_beam_size: int, timeout_s: float,
+                     prepared: object = None) -> Answer:
+        """``prepared``: what ``engine.validate_question`` returned for the question."""
         tokens = reader_beam_size * engine.reader_seq_len
         return await self._submit(_Job("answer", engine, question, reader_beam_size, tokens,  # type: ignore[no-any-return]
-                                       *self._times(timeout_s)))
+                                       *self._times(timeout_s), prepared=prepared))
 
-    async def retrieve(self, engine: Engine, query: str, k: int, timeout_s: float) -> Retrieval:
+    async def retrieve(self, engine: Engine, query: str, k: int, timeout_s: float, prepared: object = None,
+                       ) -> Retrieval:
+        """``prepared``: what ``engine.validate_query`` returned for the query."""
         return await self._submit(_Job("retrieve", engine, query, k, 0,  # type: ignore[no-any-return]
-                                        *self._times(timeout_s)))
+                                        *self._times(timeout_s), prepared=prepared))
 
     @staticmethod
     def _times(timeout_s: float) -> tuple[float, float]:
@@ -274,9 +280,9 @@ class Batcher:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-_CALLS: dict[str, Callable[[Engine, list[str], int], list[Any]]] = {
-    "answer": lambda e, texts, p: list(e.answer(texts, p)),
-    "retrieve": lambda e, texts, p: list(e.retrieve(texts, p)),
+_CALLS: dict[str, Callable[[Engine, list[str], int, list[object]], list[Any]]] = {
+    "answer": lambda e, texts, p, prepared: list(e.answer(texts, p, prepared)),
+    "retrieve": lambda e, texts, p, prepared: list(e.retrieve(texts, p, prepared)),
 }
 
 
@@ -286,14 +292,14 @@ def _call_batch(batch: list[_Job]) -> list[Any]:
     first = batch[0]
     call = _CALLS[first.kind]
     try:
-        return call(first.engine, [j.text for j in batch], first.param)
+        return call(first.engine, [j.text for j in batch], first.param, [j.prepared for j in batch])
     except Exception as e:  # noqa: BLE001 — re-run alone below, each job gets its own outcome
         if len(batch) == 1:
             return [e]
     out: list[Any] = []
     for job in batch:
         try:
-            out.extend(call(job.engine, [job.text], job.param))
+            out.extend(call(job.engine, [job.text], job.param, [job.prepared]))
         except Exception as e:  # noqa: BLE001 — delivered to the job's future, raised in its handler
             out.append(e)
     return out

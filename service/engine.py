@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -69,6 +70,15 @@ class Answer:
     read_stats: ReadStats | None = None  # the reader passes of the call that answered it (None: not said)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A question or query cut into wordpieces once, when it is checked before it joins a batch
+    (:meth:`QAEngine.validate_question`), so that its engine call does not cut it again."""
+
+    query: Pieces  # for the query embedder's tokenizer
+    reader: Pieces | None = None  # for the reader's tokenizer, as the reader sees the question (None: a query)
+
+
 @dataclass
 class Retrieval:
     blocks: list[ScoredBlock]
@@ -89,13 +99,16 @@ class Engine(Protocol):
     @property
     def reader_seq_len(self) -> int: ...  # tokens per reader row (the batcher's token budget counts these)
 
-    def validate_question(self, question: str) -> None: ...  # InvalidInput before the question joins a batch
+    # Checks before a text joins a batch (InvalidInput naming the field); what they return (None: nothing)
+    # goes back to the engine as that text's ``prepared`` in its retrieve/answer call.
+    def validate_question(self, question: str) -> object: ...
 
-    def validate_query(self, query: str) -> None: ...  # InvalidInput before the query joins a batch
+    def validate_query(self, query: str) -> object: ...
 
-    def retrieve(self, queries: list[str], k: int) -> list[Retrieval]: ...
+    def retrieve(self, queries: list[str], k: int, prepared: Sequence[object] | None = None) -> list[Retrieval]: ...
 
-    def answer(self, questions: list[str], reader_beam_size: int) -> list[Answer]: ...
+    def answer(self, questions: list[str], reader_beam_size: int, prepared: Sequence[object] | None = None,
+               ) -> list[Answer]: ...
 
     def check(self) -> None: ...
 
@@ -152,9 +165,10 @@ class QAEngine:
     def reader_seq_len(self) -> int:
         return self.model.reader_seq_len
 
-    def question_pieces(self, questions: list[str]) -> list[Pieces]:
+    def question_pieces(self, questions: list[str], query_pieces: list[Pieces] | None = None) -> list[Pieces]:
         """Reader wordpieces of each question: of the text as typed, or for REALM models of the query
-        embedder's input decoded again (``QAModel.reader_question_texts``, HF ``RealmRetriever.__call__``).
+        embedder's input decoded again (``QAModel.reader_question_texts``, HF ``RealmRetriever.__call__``;
+        ``query_pieces``: the questions' query-embedder wordpieces, if already cut).
 
         Raises:
             InvalidInput: a question with no wordpieces or more than ``max_question_tokens``.
@@ -166,38 +180,50 @@ class QAEngine:
             raise InvalidInput(str(e), param="question") from None
         if self.model.reader_question == "text":
             return pieces
-        return tok.pieces(self.model.reader_question_texts(questions))
+        return tok.pieces(self.model.reader_question_texts(questions, query_pieces))
 
-    def validate_question(self, question: str) -> None:
+    def validate_question(self, question: str) -> Prepared:
         """What :meth:`answer` would refuse, checked before the question joins a batch (tokenizing only): no
-        wordpieces for the query embedder or the reader, more than ``max_question_tokens``.
+        wordpieces for the query embedder or the reader, more than ``max_question_tokens``. Returns its
+        wordpieces, which :meth:`answer` takes as ``prepared`` instead of cutting the question again.
 
         Raises:
             InvalidInput: naming ``question``.
         """
-        self.validate_query(question, "question")
-        self.question_pieces([question])
+        query = self.validate_query(question, "question").query
+        return Prepared(query, self.question_pieces([question], [query])[0])
 
-    def validate_query(self, query: str, param: str = "query") -> None:
+    def validate_query(self, query: str, param: str = "query") -> Prepared:
         """A query with no wordpieces (only control, format or zero-width characters) embeds as ``[CLS]
-        [SEP]`` and would retrieve arbitrary blocks with confident scores.
+        [SEP]`` and would retrieve arbitrary blocks with confident scores. Returns its query-embedder
+        wordpieces (``prepared`` for :meth:`retrieve`).
 
         Raises:
             InvalidInput: naming ``param``.
         """
-        if not self.model.query.tokenizer.pieces([query])[0].ids:
+        pieces = self.model.query.tokenizer.pieces([query])[0]
+        if not pieces.ids:
             raise InvalidInput(f"{param} has no wordpieces (only blank, control or zero-width characters)",
                                param=param)
+        return Prepared(pieces)
+
+    @staticmethod
+    def _prepared(prepared: Sequence[object] | None, n: int) -> list[Prepared] | None:
+        """``prepared`` if it holds one :class:`Prepared` per text (what this engine's checks returned)."""
+        if prepared is None or len(prepared) != n or not all(isinstance(p, Prepared) for p in prepared):
+            return None
+        return list(prepared)  # type: ignore[arg-type]
 
     def retrieve_blocks(self, queries: list[str], k: int, timings: dict[str, float], pieces: bool = False,
-                        ) -> list[list[ScoredBlock]]:
-        """The retrieval step (call under the lock): embed the queries, MIPS over the served index, fetch
+                        query_pieces: list[Pieces] | None = None) -> list[list[ScoredBlock]]:
+        """The retrieval step (call under the lock): embed the queries (``query_pieces``: their query-embedder
+        wordpieces, if already cut), MIPS over the served index, fetch
         the top ``k`` blocks of each, best first, with ``pieces`` their reader wordpieces where the block store
         keeps them for this model's reader tokenizer. Adds ``embed_ms``, ``search_ms``, ``fetch_ms`` to
         ``timings``; on a hybrid version (a BM25 part) MIPS and BM25 lists are fused (``index.hybrid``, adding
         ``bm25_ms`` and ``fuse_ms``) and each block keeps its relevance score."""
         t0 = time.perf_counter()
-        xq = embed_texts(self.model.query, queries).numpy()
+        xq = embed_texts(self.model.query, queries, pieces=query_pieces).numpy()
         t1 = time.perf_counter()
         F = None
         if self._hybrid is None:
@@ -214,27 +240,39 @@ class QAEngine:
         return out
 
     @torch.no_grad()
-    def retrieve(self, queries: list[str], k: int) -> list[Retrieval]:
-        """Top-``k`` blocks of each query, best first; each query's timings are its share (1/len(queries))."""
+    def retrieve(self, queries: list[str], k: int, prepared: Sequence[object] | None = None) -> list[Retrieval]:
+        """Top-``k`` blocks of each query, best first; each query's timings are its share (1/len(queries)).
+        ``prepared``: what :meth:`validate_query` returned for each query (its wordpieces; not cut again)."""
         timings: dict[str, float] = {}
+        ready = self._prepared(prepared, len(queries))
+        pieces = None if ready is None else [p.query for p in ready]
         with self._lock:
-            found = self.retrieve_blocks(queries, k, timings)
+            found = self.retrieve_blocks(queries, k, timings, query_pieces=pieces)
             ref = self.index.ref
         return [Retrieval(b, {k: v / len(found) for k, v in timings.items()}, ref) for b in found]
 
     @torch.no_grad()
-    def answer(self, questions: list[str], reader_beam_size: int) -> list[Answer]:
+    def answer(self, questions: list[str], reader_beam_size: int, prepared: Sequence[object] | None = None,
+               ) -> list[Answer]:
         """Answer each question from its top ``reader_beam_size`` blocks (REALM §3.4, HF
         ``RealmForOpenQA.forward``): one reader pass over every (question, block) row of the batch
         (:func:`realm_core.qa.read_beams`), then each question's answer by :func:`realm_core.qa.answer`.
+        ``prepared``: what :meth:`validate_question` returned for each question (its wordpieces, not cut
+        again); without it the questions are checked and cut here.
 
         Raises:
             InvalidInput: a question with no wordpieces or more than ``max_question_tokens``.
         """
-        q_pieces = self.question_pieces(questions)
+        ready = self._prepared(prepared, len(questions))
+        if ready is None or any(p.reader is None for p in ready):
+            ready = None
+            q_pieces = self.question_pieces(questions)
+        else:
+            q_pieces = [p.reader for p in ready]  # type: ignore[misc]
         timings: dict[str, float] = {}
         with self._lock:
-            found = self.retrieve_blocks(questions, reader_beam_size, timings, pieces=True)
+            found = self.retrieve_blocks(questions, reader_beam_size, timings, pieces=True,
+                                         query_pieces=None if ready is None else [p.query for p in ready])
             t0 = time.perf_counter()
             batch = self.read(q_pieces, found)
             scale = self.model.reader.config.relevance_scale

@@ -26,8 +26,8 @@ async def answer(req: AnswerRequest, settings: SettingsDep, registry: RegistryDe
         raise InvalidInput(f"reader_beam_size must be at most {settings.max_reader_beam_size}",
                            param="reader_beam_size")
     engine = registry.get(req.model)
-    engine.validate_question(req.question)  # before it joins a batch: a bad question never costs the others
-    a = await batcher.answer(engine, req.question, beam, timeout_s(req.timeout_ms, settings))
+    prepared = engine.validate_question(req.question)  # before it joins a batch: a bad one never costs the others
+    a = await batcher.answer(engine, req.question, beam, timeout_s(req.timeout_ms, settings), prepared)
     return AnswerResponse(
         answer=a.best.answer, score=a.best.score, start_char=a.best.start_char, end_char=a.best.end_char,
         block=_block(a.best.block),

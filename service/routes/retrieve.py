@@ -20,8 +20,8 @@ async def retrieve(req: RetrieveRequest, settings: SettingsDep, registry: Regist
     if k > settings.max_k:
         raise InvalidInput(f"k must be at most {settings.max_k}", param="k")
     engine = registry.get(req.model)
-    engine.validate_query(req.query)  # a query with no wordpieces would retrieve arbitrary blocks
-    r = await batcher.retrieve(engine, req.query, k, timeout_s(req.timeout_ms, settings))
+    prepared = engine.validate_query(req.query)  # a query with no wordpieces would retrieve arbitrary blocks
+    r = await batcher.retrieve(engine, req.query, k, timeout_s(req.timeout_ms, settings), prepared)
     return RetrieveResponse(
         blocks=[RankedBlockOut(id=b.block.id, title=b.block.title, text=b.block.text, score=b.score, rank=b.rank)
                 for b in r.blocks],

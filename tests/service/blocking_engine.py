@@ -5,6 +5,7 @@ waiting (the app checks readiness in the background from its start)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 from service.engine import Answer, Retrieval
 from service.errors import InvalidInput
@@ -22,7 +23,8 @@ class BlockingEngine(FakeEngine):
         self.entered.set()
         assert self.gate.wait(30), "test never opened the gate"
 
-    def answer(self, questions: list[str], reader_beam_size: int) -> list[Answer]:
+    def answer(self, questions: list[str], reader_beam_size: int, prepared: Sequence[object] | None = None,
+               ) -> list[Answer]:
         if questions == [CHECK_QUESTION]:
             return super().answer(questions, reader_beam_size)
         self._wait()
@@ -30,6 +32,6 @@ class BlockingEngine(FakeEngine):
             raise InvalidInput("question has no tokens", param="question")
         return super().answer(questions, reader_beam_size)
 
-    def retrieve(self, queries: list[str], k: int) -> list[Retrieval]:
+    def retrieve(self, queries: list[str], k: int, prepared: Sequence[object] | None = None) -> list[Retrieval]:
         self._wait()
         return super().retrieve(queries, k)

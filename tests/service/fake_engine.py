@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from index.block_store import Block
 from service.engine import Answer, Candidate, Retrieval, ScoredBlock
 from service.errors import InvalidInput
@@ -38,11 +40,12 @@ class FakeEngine:
                         key=lambda x: (-x[0], x[1]))
         return [ScoredBlock(BLOCKS[i], float(s), r + 1) for r, (s, i) in enumerate(scored[:k])]
 
-    def retrieve(self, queries: list[str], k: int) -> list[Retrieval]:
+    def retrieve(self, queries: list[str], k: int, prepared: Sequence[object] | None = None) -> list[Retrieval]:
         self.calls.append(("retrieve", queries, k))
         return [Retrieval(self._rank(q, k), {"embed_ms": 0.0}) for q in queries]
 
-    def answer(self, questions: list[str], reader_beam_size: int) -> list[Answer]:
+    def answer(self, questions: list[str], reader_beam_size: int, prepared: Sequence[object] | None = None,
+               ) -> list[Answer]:
         self.calls.append(("answer", questions, reader_beam_size))
         if not self.ready:
             raise RuntimeError("fake engine is not ready")

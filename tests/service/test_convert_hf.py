@@ -120,6 +120,32 @@ def test_batch_equals_one_at_a_time(engine: QAEngine, hf_realm: HfRealmFixture) 
         assert [x.score for x in rs.blocks] == pytest.approx([x.score for x in rb.blocks], abs=1e-5)
 
 
+def test_checked_questions_are_not_cut_again(engine: QAEngine, hf_realm: HfRealmFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the route's check returns (each question's wordpieces, REALM's decoded question included) goes to
+    the engine with the batch: the answers equal those of a call that cuts the questions itself, bit for bit,
+    and no question is cut again."""
+    qs = hf_realm.questions[:24]
+    plain, plain_r = engine.answer(qs, 5), engine.retrieve(qs, 7)
+    prepared = [engine.validate_question(q) for q in qs]
+    queries = [engine.validate_query(q) for q in qs]
+
+    def cut(texts: list[str]) -> list[object]:
+        assert not texts, f"cut again: {texts!r}"  # (the reader cuts the blocks without stored pieces: none here)
+        return []
+
+    monkeypatch.setattr(engine.model.reader_tokenizer, "pieces", cut)
+    monkeypatch.setattr(engine.model.query.tokenizer, "pieces", cut)
+    ours, ours_r = engine.answer(qs, 5, prepared), engine.retrieve(qs, 7, queries)
+    for a, b in zip(plain, ours, strict=True):
+        assert [(c.answer, c.score, c.start_char, c.end_char, c.block.block.id, c.block.score)
+                for c in [a.best, *a.candidates]] == [
+            (c.answer, c.score, c.start_char, c.end_char, c.block.block.id, c.block.score)
+            for c in [b.best, *b.candidates]]
+    for a_r, b_r in zip(plain_r, ours_r, strict=True):
+        assert [(x.block.id, x.score) for x in a_r.blocks] == [(x.block.id, x.score) for x in b_r.blocks]
+
+
 def test_http_answer_and_retrieve_equal_hf(home: Path, hf_realm: HfRealmFixture, engine: QAEngine) -> None:
     """convert-hf → registry → the app as ``realmqa serve --home`` builds it → /answer and /retrieve."""
     settings = Settings(home=home, build_missing_index=False)

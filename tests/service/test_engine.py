@@ -54,6 +54,16 @@ def test_batch_equals_one_at_a_time(engine: QAEngine) -> None:
         assert [x.block.id for x in rs.blocks] == [x.block.id for x in rb.blocks]
 
 
+def test_checked_questions_answer_the_same(engine: QAEngine) -> None:
+    """The route's check returns each question's wordpieces; the engine's call with them answers as one that
+    cuts the questions itself (questions as typed: the bundled model's reader reads the text)."""
+    plain = engine.answer(QUESTIONS, 5)
+    ours = engine.answer(QUESTIONS, 5, [engine.validate_question(q) for q in QUESTIONS])
+    for a, b in zip(plain, ours, strict=True):
+        assert [(c.answer, c.score, c.start_char, c.end_char, c.block.block.id) for c in [a.best, *a.candidates]] == [
+            (c.answer, c.score, c.start_char, c.end_char, c.block.block.id) for c in [b.best, *b.candidates]]
+
+
 def test_timings_are_each_requests_share(engine: QAEngine) -> None:
     """Each answer carries its share of the batch's stages: embed/search split evenly, read in proportion to
     the reader tokens of its rows (padding included), all from one set of reader passes."""

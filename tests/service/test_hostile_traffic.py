@@ -5,6 +5,7 @@ wait on the registry lock leave the event loop free."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,10 @@ class CountingEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def answer(self, questions: list[str], reader_beam_size: int) -> list[Answer]:
+    def answer(self, questions: list[str], reader_beam_size: int, prepared: Sequence[object] | None = None,
+               ) -> list[Answer]:
         self.answer_calls.append(list(questions))
-        return self.inner.answer(questions, reader_beam_size)
+        return self.inner.answer(questions, reader_beam_size, prepared)
 
     def test_calls(self) -> list[list[str]]:
         return [c for c in self.answer_calls if c != [CHECK_QUESTION]]
