@@ -87,6 +87,10 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,32")
     ap.add_argument("--threads", type=int, default=2, help="torch (and faiss) threads")
     ap.add_argument("--precisions", default="fp32,int8", help="our reader's precisions to time")
+    ap.add_argument("--warmup", type=int, default=32,
+                    help="questions (not among the timed ones) our engines answer, in one batch, before timing: the "
+                         "first batches of a process pay one-time costs (measured: 34 q/s in the first pass over 64 "
+                         "tiny questions, 40-44 after); the reference answers 2 first")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", help="keep the checkpoint and home here (default: a temporary directory)")
     ap.add_argument("--reuse", action="store_true",
@@ -138,10 +142,13 @@ def main() -> None:
             out = hf(**hf_tok([q], return_tensors="pt"), return_dict=True)
         return hf_tok.decode(out.predicted_answer_ids)
 
-    hf_answer(questions[0])
+    warm = [" ".join(rng.choices(words, k=rng.randint(5, 15))) + "?" for _ in range(max(a.warmup, 2))]
+    for q in warm[:2]:
+        hf_answer(q)
     for e in engines.values():
-        e.answer(questions[:2], beam)  # warm-up
-    print(f"torch threads {torch.get_num_threads()}, {a.questions} questions, reader beam {beam}")
+        e.answer(warm, beam)
+    print(f"torch threads {torch.get_num_threads()}, {a.questions} questions, reader beam {beam}, "
+          f"warm-up {len(warm)} other questions")
     print(f"{'preset':>6} {'blocks':>7} {'batch':>5} {'precision':>9} {'HF q/s':>8} {'ours q/s':>9} {'ours/HF':>8}")
     agree: dict[str, int] = {}
     tok = engine.model.reader_tokenizer
