@@ -22,9 +22,10 @@ from index.home import Home
 from index.pipeline import build_from_corpus
 from service.app import create_app
 from service.client import Client
-from service.registry import Registry
+from service.registry import Registry, model_versions
 from service.routes.page import FILES, STATIC
 from service.settings import Settings
+from tests.conftest import BUNDLED_HOME
 from tests.service.blocking_engine import BlockingEngine
 from tests.service.serve_thread import serve_in_thread
 from tests.service.test_client import held
@@ -200,7 +201,8 @@ def test_browser_bundled_default_answers_super_bowl_50(browser: Any) -> None:
     with serve_in_thread(create_app(Settings()), timeout_s=600) as url:
         pg = Page(browser, url)
         page = pg.page
-        assert "minilm-squad/1" in page.text_content("#served")
+        newest = model_versions(BUNDLED_HOME, "minilm-squad")[-1]
+        assert f"minilm-squad/{newest}" in page.text_content("#served")
         pg.ask("Which NFL team won Super Bowl 50?")
         page.wait_for_selector("#answer-text", timeout=60_000)
         assert page.text_content(".answer mark") == "Denver Broncos"
