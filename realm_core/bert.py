@@ -86,6 +86,8 @@ class BertSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
         self._qkv: tuple[torch.Tensor, torch.Tensor] | None = None  # stacked projections (_fused_qkv)
         self._qkv_key: tuple[tuple[int, int, int, int], ...] | None = None
+        # query, key and value as one module with 3C outputs, set in place of the three (int8: realm_core.precision)
+        self.qkv: nn.Module | None = None
 
     def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(weight (3C, C), bias (3C,)): query, key and value stacked, for inference with plain float
@@ -109,11 +111,12 @@ class BertSelfAttention(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(B, T, self.num_heads, D).transpose(1, 2)  # (B, H, T, D)
 
-        qkv = self._fused_qkv()
-        if qkv is None:
-            q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        else:  # one matrix product for the three projections (the same sums as three Linear calls)
+        if self.qkv is not None:  # one module for the three projections
+            q, k, v = (heads(t) for t in self.qkv(x).split(C, dim=-1))
+        elif (qkv := self._fused_qkv()) is not None:  # one matrix product: the same sums as three Linear calls
             q, k, v = (heads(t) for t in F.linear(x, *qkv).split(C, dim=-1))
+        else:
+            q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_bias, dropout_p=self.dropout_p if self.training else 0.0
         )  # (B, H, T, D)

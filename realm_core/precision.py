@@ -1,12 +1,14 @@
 """The reader's numeric precision: what ``model.json``'s ``precision`` (or the ``precision`` setting) names.
 
 - ``fp32``: float32 on the CPU, the default and the one REALM parity is tested in.
-- ``int8``: dynamic int8 quantisation of every ``nn.Linear`` of the reader (weights int8 per output channel,
-  activations quantised to 8 bits per tensor at each call; embeddings, LayerNorms, attention's softmax and the
-  span head's sums stay float32), CPU only, through ``torch.ao.quantization.quantize_dynamic`` with
-  :class:`Int8Linear`. That API warns that it is deprecated in favour of torchao;
-  torchao 0.18's ``Int8DynamicActivationInt8WeightConfig`` ran 25× slower than it on this project's CPU
-  (no int8 CPU kernel for that path), so the eager API stays until torchao has one (see bench/README.md).
+- ``int8``: dynamic int8 Linear layers on the CPU (:func:`quantize_int8`): each self-attention's query/key/value
+  stacked into one Linear, then every Linear of the reader an :class:`Int8Linear` (weights int8 per output
+  channel with scales that keep fbgemm's AVX2 int16 pair sums exact, :func:`int8_weight`; activations quantised
+  to all 8 bits per tensor at each call) except :data:`INT8_FP32_LAYERS`; embeddings, LayerNorms, attention's
+  softmax and the span head's sums stay float32. Built on ``torch.ao.nn.quantized.dynamic.Linear`` and
+  ``quantized::linear_dynamic`` (fbgemm): ``torch.ao.quantization`` warns that it is deprecated in favour of
+  torchao, but torchao 0.18's ``Int8DynamicActivationInt8WeightConfig`` ran 25× slower here (no int8 CPU
+  kernel for that path), so the eager modules stay until torchao has one (see bench/README.md).
 - ``fp16``, ``bf16``: the reader in half precision on the first CUDA device.
 
 Only the reader changes: the query embedder stays float32 so that questions meet the index built in float32.
@@ -14,12 +16,13 @@ Only the reader changes: the query embedder stays float32 so that questions meet
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 
+from realm_core.bert import BertSelfAttention
 from realm_core.reader import SpanReader
 
 
@@ -31,31 +34,100 @@ def _fp32(reader: SpanReader) -> SpanReader:
     return reader.float()
 
 
-class Int8Linear(nnqd.Linear):  # type: ignore[misc]
-    """``quantize_dynamic``'s int8 Linear with activations quantised to all 8 bits.
+# Linear layers the int8 reader keeps in float32 (module names in SpanReader): the span head's output
+# (256 → 1, run once per span width) is a matrix-vector product, slower in int8 than in float32.
+INT8_FP32_LAYERS: tuple[str, ...] = ("qa_outputs.dense_output",)
 
-    torch's own module calls ``quantized::linear_dynamic`` with ``reduce_range=True`` (7-bit activations, a
-    guard against int16 overflow in fbgemm's AVX2 kernels). On the bundled reader that costs most of int8's
-    disagreement with fp32: of 200 held-out questions read with their gold paragraph, 7-bit activations chose
-    fp32's span for 163, 8-bit ones for 187, int8 weights with float32 activations for 197 (bench/README.md).
+
+def int8_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A Linear weight in int8 per output channel, with scales that keep fbgemm's AVX2 sums exact.
+
+    Without VNNI (AVX2, this project's CPU) fbgemm multiplies uint8 activations by int8 weights with
+    ``vpmaddubsw``, which adds the products of input features 2i and 2i+1 in int16 *with saturation*; the int32
+    sums come after. With activations on all 8 bits (0..255) a pair stays within int16 for every input when the
+    same-sign weights of each pair add up to at most 128 (255 × 128 = 32,640 ≤ 32,767). Each output channel's
+    scale is therefore (largest same-sign pair sum) / 127 rather than max|w| / 127 (rounding adds at most 1 to
+    a pair): as fine as that guarantee allows, between 8-bit (pairs of one large weight) and 7-bit (two large
+    weights side by side) steps. Symmetric (zero point 0), as ``torch.ao``'s per-channel weight observer.
+
+    Args:
+        weight: (out_features, in_features) float32.
+
+    Returns:
+        (out_features, in_features) ``torch.qint8`` quantised per channel (axis 0), every same-sign pair
+        (2i, 2i+1) of a row within [−128, 128].
+    """
+    w = weight.detach().float()
+    if w.shape[1] % 2:
+        w = torch.nn.functional.pad(w, (0, 1))  # fbgemm pads the last pair with a zero weight too
+    pos, neg = w.clamp(min=0), (-w).clamp(min=0)
+    pair = torch.maximum(pos[:, 0::2] + pos[:, 1::2], neg[:, 0::2] + neg[:, 1::2]).amax(dim=1)  # ≥ max|w|
+    scale = (pair / 127).clamp_min(torch.finfo(torch.float32).tiny).double()
+    zero = torch.zeros(weight.shape[0], dtype=torch.long)
+    return torch.quantize_per_channel(weight.detach().float(), scale, zero, 0, torch.qint8)
+
+
+class Int8Linear(nnqd.Linear):  # type: ignore[misc]
+    """A dynamic int8 Linear (``torch.ao.nn.quantized.dynamic.Linear``) with activations on all 8 bits.
+
+    torch's own module calls ``quantized::linear_dynamic`` with ``reduce_range=True`` (7-bit activations, its
+    guard against int16 saturation in fbgemm's AVX2 kernels). Here the guard is in the weights' scales
+    (:func:`int8_weight`), which keeps more of fp32's spans on the bundled reader (bench/README.md, "int8").
 
     forward: x (..., in_features) float32 → (..., out_features) float32.
     """
 
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        q = cls(linear.in_features, linear.out_features, bias_=linear.bias is not None)
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        q.set_weight_bias(int8_weight(linear.weight), bias)
+        return q
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
-        return y.to(x.dtype)  # type: ignore[no-any-return]
+        return torch.ops.quantized.linear_dynamic(  # type: ignore[no-any-return]
+            x, self._packed_params._packed_params, reduce_range=False)
+
+
+def stack_qkv(reader: SpanReader) -> None:
+    """Each self-attention's query, key and value Linear → one Linear of 3C outputs (``BertSelfAttention.qkv``),
+    so that int8 quantises a layer's input once instead of three times."""
+    for m in reader.modules():
+        if isinstance(m, BertSelfAttention) and m.qkv is None:
+            parts = (m.query, m.key, m.value)
+            qkv = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts))
+            with torch.no_grad():
+                qkv.weight.copy_(torch.cat([p.weight for p in parts]))
+                qkv.bias.copy_(torch.cat([p.bias for p in parts]))
+            m.qkv = qkv
+            del m.query, m.key, m.value
+
+
+def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAYERS) -> SpanReader:
+    """The reader (changed in place) with query/key/value stacked and every Linear layer an :class:`Int8Linear`
+    except those named in ``fp32_layers`` (module names, e.g. ``qa_outputs.dense_output``; a stacked
+    projection is ``realm.encoder.layer.N.attention.self.qkv``), which stay float32.
+
+    Raises:
+        PrecisionError: no quantized CPU engine, or a name in ``fp32_layers`` that is not a Linear of the reader.
+    """
+    if not set(torch.backends.quantized.supported_engines) - {"none"}:
+        raise PrecisionError("int8 needs a quantized CPU engine (fbgemm/x86/qnnpack), which this torch lacks")
+    reader = reader.float()
+    stack_qkv(reader)
+    linears = {n: m for n, m in reader.named_modules() if type(m) is nn.Linear}
+    unknown = sorted(set(fp32_layers) - set(linears))
+    if unknown:
+        raise PrecisionError(f"int8 fp32 layers {unknown} are not Linear layers of the reader")
+    for name, linear in linears.items():
+        if name not in fp32_layers:
+            parent, _, child = name.rpartition(".")
+            setattr(reader.get_submodule(parent), child, Int8Linear.from_linear(linear))
+    return reader
 
 
 def _int8(reader: SpanReader) -> SpanReader:
-    if not set(torch.backends.quantized.supported_engines) - {"none"}:
-        raise PrecisionError("int8 needs a quantized CPU engine (fbgemm/x86/qnnpack), which this torch lacks")
-    # per-output-channel weight scales: on the bundled reader they kept more fp32 answers than one scale per
-    # tensor (164 vs 156 of 200 gold-paragraph questions, 7-bit activations; bench/README.md)
-    spec = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
-    q = torch.ao.quantization.quantize_dynamic(reader.float(), spec, dtype=torch.qint8,
-                                               mapping={nn.Linear: Int8Linear})
-    return q  # type: ignore[no-any-return]
+    return quantize_int8(reader)
 
 
 def _cuda(dtype: torch.dtype) -> Callable[[SpanReader], SpanReader]:
