@@ -14,6 +14,7 @@ questions per engine call; batched answers equal one-at-a-time ones, ``tests/rea
 per precision, and prints EM/F1 and how many answers equal fp32's (not a timing)::
 
     python bench/reader_precision.py --open 0 --batch 32 --threads 2
+    python bench/reader_precision.py --open 0 --precisions int8 --answers-dir DIR   # fp32 answers from DIR
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from index.home import Home  # noqa: E402
 from realm_core import qa  # noqa: E402
+from realm_core.atomic import write_atomic  # noqa: E402
 from realm_core.evaluation import exact_match, f1_score  # noqa: E402
 from realm_core.precision import apply_precision  # noqa: E402
 from realm_core.reader import SpanReader  # noqa: E402
@@ -42,14 +44,19 @@ HOME = Path(__file__).resolve().parents[1] / "service" / "default"
 MODEL = Home(HOME).model_dir("minilm-squad", 1)
 
 
-def open_setting(n: int, batch: int, beam: int) -> None:
-    """EM/F1 of the served bundled default in each CPU precision over the first ``n`` held-out questions."""
+def open_setting(n: int, batch: int, beam: int, precisions: list[str], answers_dir: Path | None) -> None:
+    """EM/F1 of the served bundled default in each CPU precision over the first ``n`` held-out questions; with
+    ``answers_dir``, each precision's answers are written to ``answers_dir/open-<precision>.json`` and compared
+    with fp32's from there when this run has none (so that precisions can run in separate commands)."""
     qs = load_questions(HOME / "heldout" / "squad-train-heldout.json")
     qs = qs[:n] if n else qs
     print(f"open setting, {len(qs)} held-out questions, reader beam {beam}, batch {batch}")
     print(f"{'precision':>9} {'index':>14} {'EM':>6} {'F1':>6} {'= fp32':>11} {'s':>6}")
     ref: list[str] | None = None
-    for prec in ("fp32", "int8"):
+    saved = answers_dir / "open-fp32.json" if answers_dir else None
+    if "fp32" not in precisions and saved and saved.exists():
+        ref = json.loads(saved.read_text())["answers"][: len(qs)]
+    for prec in precisions:
         engine = load_engine(HOME, MODEL.parent.name, int(MODEL.name), build_missing=False, precision=prec)
         t = time.perf_counter()
         got = [a.best.answer for i in range(0, len(qs), batch)
@@ -57,9 +64,13 @@ def open_setting(n: int, batch: int, beam: int) -> None:
         dt = time.perf_counter() - t
         em = 100 * sum(exact_match(g, q.answers) for g, q in zip(got, qs)) / len(qs)
         f1 = 100 * sum(f1_score(g, q.answers) for g, q in zip(got, qs)) / len(qs)
+        if answers_dir:
+            answers_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(answers_dir / f"open-{prec}.json", json.dumps({"index": engine.index_ref, "em": em,
+                                                                        "f1": f1, "answers": got}))
         ref = ref or got
-        same = sum(g == r for g, r in zip(got, ref))
-        print(f"{prec:>9} {engine.index_ref:>14} {em:>6.2f} {f1:>6.2f} {same:>5}/{len(qs)} {dt:>6.0f}", flush=True)
+        same = f"{sum(g == r for g, r in zip(got, ref)):>5}/{len(qs)}" if len(ref) == len(got) else "-"
+        print(f"{prec:>9} {engine.index_ref:>14} {em:>6.2f} {f1:>6.2f} {same:>11} {dt:>6.0f}", flush=True)
 
 
 def main() -> None:
@@ -69,11 +80,13 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--open", type=int, default=-1, help="open-setting EM/F1 on N held-out questions (0: all)")
+    ap.add_argument("--precisions", default="fp32,int8", help="--open: the CPU precisions to run, comma-separated")
+    ap.add_argument("--answers-dir", type=Path, help="--open: write/compare each precision's answers here")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.open >= 0:
-        open_setting(a.open, a.batch, a.beam)
+        open_setting(a.open, a.batch, a.beam, a.precisions.split(","), a.answers_dir)
         return
     spec = json.loads((MODEL / "model.json").read_text())
     tok = WordPieceTokenizer.from_dir(MODEL)
