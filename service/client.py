@@ -3,7 +3,7 @@
     from service.client import Client
 
     with Client("http://127.0.0.1:8000") as qa:
-        a = qa.answer("Which NFL team won Super Bowl 50?")
+        a = qa.answer("Which NFL team represented the AFC at Super Bowl 50?")
         print(a.answer, a.block.title, a.block.text[a.start_char:a.end_char])
 
 Results are the server's own response models (:mod:`service.schemas`), so a result equals what the route

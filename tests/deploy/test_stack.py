@@ -4,8 +4,8 @@ wheel in ``wheels/`` first: ``wheels/README.md``):
 
     REALMQA_TEST_THREADS=1 python -m pytest -m docker -s tests/deploy/test_stack.py
 
-- ``docker-compose build``, then ``up -d``: realmqa answers "Which NFL team won Super Bowl 50?" with Denver
-  Broncos, Prometheus scrapes it (``up{job="realmqa"} == 1``) with the alert rules loaded;
+- ``docker-compose build``, then ``up -d``: realmqa answers "Which NFL team represented the AFC at Super Bowl
+  50?" with Denver Broncos, Prometheus scrapes it (``up{job="realmqa"} == 1``) with the alert rules loaded;
 - a build job submitted to the worker in the stack publishes index version 2, which the service swaps in by
   polling (``/v1/indexes``) and answers from;
 - every PromQL query of the Grafana dashboard returns data from the stack's Prometheus;
@@ -38,7 +38,7 @@ from tests.deploy.dashboard import DASHBOARD, evaluate
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parents[2]
-QUESTION = "Which NFL team won Super Bowl 50?"
+QUESTION = "Which NFL team represented the AFC at Super Bowl 50?"
 IN_FLIGHT = 12  # /answer requests sent just before `docker-compose down`: each must get its answer
 IMAGE = "realmqa:latest"
 # A small corpus for the worker's build job, written inside the worker container from the bundled corpus:

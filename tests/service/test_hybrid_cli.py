@@ -25,7 +25,7 @@ def test_add_bm25_then_serve_hybrid(small_home: Path, tmp_path: Path, capsys) ->
     manifest = json.loads((home / "indexes" / "small" / "2" / "manifest.json").read_text())
     assert manifest["extra"]["fusion"]["rule"] == "rrf" and manifest["parts"]["bm25"]["dir"] == "bm25"
     with TestClient(create_app(Settings(home=home, build_missing_index=False))) as c:
-        r = c.post("/answer", json={"question": "Which NFL team won Super Bowl 50?"})
+        r = c.post("/answer", json={"question": "Which NFL team represented the AFC at Super Bowl 50?"})
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["index"] == "small/2" and body["answer"] == "Denver Broncos"

@@ -203,7 +203,7 @@ def test_browser_bundled_default_answers_super_bowl_50(browser: Any) -> None:
         page = pg.page
         newest = model_versions(BUNDLED_HOME, "minilm-squad")[-1]
         assert f"minilm-squad/{newest}" in page.text_content("#served")
-        pg.ask("Which NFL team won Super Bowl 50?")
+        pg.ask("Which NFL team represented the AFC at Super Bowl 50?")
         page.wait_for_selector("#answer-text", timeout=60_000)
         assert page.text_content(".answer mark") == "Denver Broncos"
         assert page.text_content(".answer .block-head .title") == "Super Bowl 50"
