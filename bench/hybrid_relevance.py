@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import random
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from index.version import open_version  # noqa: E402
 from realm_core import qa  # noqa: E402
 from realm_core.evaluation import exact_match, f1_score  # noqa: E402
 from realm_core.model_dir import load_model_dir  # noqa: E402
-from realm_core.reader_data import build_examples, load_squad, split_heldout  # noqa: E402
+from realm_core.reader_data import build_examples, load_squad, split_heldout, training_order  # noqa: E402
 from service.engine import QAEngine  # noqa: E402
 
 
@@ -55,7 +54,7 @@ def main() -> None:
     train, _ = split_heldout(load_squad(a.squad), 2000, 13)  # the articles train-reader trains on
     examples = build_examples(model.reader_tokenizer, train, model.reader.config, model.reader_seq_len,
                               model.max_question_tokens, 0, 13, 160)
-    random.Random(13).shuffle(examples)  # train-reader's order (realm_core.train_reader)
+    examples = training_order(examples, 13)  # train-reader's order, from its front
     by_id = {q["id"]: q for art in train for p in art["paragraphs"] for q in p["qas"]}
     qs = [by_id[e.id] for e in examples[a.start:a.start + a.n]]
 

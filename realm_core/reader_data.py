@@ -151,6 +151,14 @@ def collate(
     return inputs, correct
 
 
+def training_order(examples: list[Example], seed: int, seen: int = 0) -> list[Example]:
+    """The order ``realmqa train-reader`` reads ``examples`` in: a ``seed``-ed shuffle (a copy), with its
+    first ``seen`` questions (already trained on) moved to the end (:func:`seen_last`)."""
+    order = list(examples)
+    random.Random(seed).shuffle(order)
+    return seen_last(order, seen)
+
+
 def seen_last(examples: list[Example], seen: int) -> list[Example]:
     """The seeded order with its first ``seen`` questions (already trained on) moved to the end."""
     seen = min(max(seen, 0), len(examples))

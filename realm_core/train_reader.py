@@ -28,7 +28,6 @@ import dataclasses
 import json
 import logging
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from realm_core.checkpoint import load_mapped, load_safetensors, save_safetensor
 from realm_core.evaluation import exact_match, f1_score
 from realm_core.qa import BeamBlock, answer, read_beams
 from realm_core.reader import ReaderConfig, SpanReader, marginal_log_likelihood, reader_config_from_dict
-from realm_core.reader_data import build_examples, collate, load_squad, seen_last, split_heldout
+from realm_core.reader_data import build_examples, collate, load_squad, split_heldout, training_order
 from realm_core.tokenizer import Pieces, WordPieceTokenizer
 
 log = logging.getLogger(__name__)
@@ -223,8 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     examples = build_examples(
         tok, train_arts, cfg, a.reader_seq_len, a.max_question_tokens, a.negatives, a.seed, a.train_window
     )
-    random.Random(a.seed).shuffle(examples)
-    examples = seen_last(examples, a.seen_questions)
+    examples = training_order(examples, a.seed, a.seen_questions)
     if a.max_questions:
         examples = examples[: a.max_questions]
     steps = math.ceil(len(examples) * a.epochs / a.batch_size)

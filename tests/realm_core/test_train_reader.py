@@ -192,3 +192,9 @@ def test_seen_questions_are_read_last(tok: WordPieceTokenizer) -> None:
     assert [e.id for e in examples] == ["1", "2", "3"]
     assert [e.id for e in seen_last(examples, 2)] == ["3", "1", "2"]
     assert [e.id for e in seen_last(examples, 0)] == ["1", "2", "3"]
+    # the order train-reader reads: a seeded shuffle (the input untouched), seen questions last
+    from realm_core.reader_data import training_order
+
+    fresh = [e.id for e in training_order(examples, 13)]
+    assert sorted(fresh) == ["1", "2", "3"] and [e.id for e in examples] == ["1", "2", "3"]
+    assert [e.id for e in training_order(examples, 13, 1)] == fresh[1:] + fresh[:1]
