@@ -15,6 +15,9 @@ per precision, and prints EM/F1 and how many answers equal fp32's (not a timing)
 
     python bench/reader_precision.py --open 0 --batch 32 --threads 2
     python bench/reader_precision.py --open 0 --precisions int8 --answers-dir DIR   # fp32 answers from DIR
+
+``--home``/``--model`` choose the model version (default: the bundled home's newest); int8 uses its model.json's
+``int8_smoothing`` calibration when it has one (``realmqa calibrate-int8``).
 """
 
 from __future__ import annotations
@@ -33,18 +36,17 @@ from index.home import Home  # noqa: E402
 from realm_core import qa  # noqa: E402
 from realm_core.atomic import write_atomic  # noqa: E402
 from realm_core.evaluation import exact_match, f1_score  # noqa: E402
-from realm_core.precision import apply_precision  # noqa: E402
+from realm_core.model_dir import load_model_dir  # noqa: E402
 from realm_core.reader import SpanReader  # noqa: E402
 from realm_core.tokenizer import WordPieceTokenizer  # noqa: E402
-from realm_core.train_reader import load_reader  # noqa: E402
 from service.evaluate import load_questions  # noqa: E402
 from service.registry import load_engine  # noqa: E402
 
 HOME = Path(__file__).resolve().parents[1] / "service" / "default"
-MODEL = Home(HOME).model_dir("minilm-squad", 1)
 
 
-def open_setting(n: int, batch: int, beam: int, precisions: list[str], answers_dir: Path | None) -> None:
+def open_setting(home: Path, model: str, n: int, batch: int, beam: int, precisions: list[str],
+                 answers_dir: Path | None) -> None:
     """EM/F1 of the served bundled default in each CPU precision over the first ``n`` held-out questions; with
     ``answers_dir``, each precision's answers are written to ``answers_dir/open-<precision>.json`` and compared
     with fp32's from there when this run has none (so that precisions can run in separate commands)."""
@@ -57,7 +59,8 @@ def open_setting(n: int, batch: int, beam: int, precisions: list[str], answers_d
     if "fp32" not in precisions and saved and saved.exists():
         ref = json.loads(saved.read_text())["answers"][: len(qs)]
     for prec in precisions:
-        engine = load_engine(HOME, MODEL.parent.name, int(MODEL.name), build_missing=False, precision=prec)
+        name, version = Home(home).resolve_model(model)
+        engine = load_engine(home, name, version, build_missing=False, precision=prec)
         t = time.perf_counter()
         got = [a.best.answer for i in range(0, len(qs), batch)
                for a in engine.answer([q.question for q in qs[i:i + batch]], beam)]
@@ -82,14 +85,18 @@ def main() -> None:
     ap.add_argument("--open", type=int, default=-1, help="open-setting EM/F1 on N held-out questions (0: all)")
     ap.add_argument("--precisions", default="fp32,int8", help="--open: the CPU precisions to run, comma-separated")
     ap.add_argument("--answers-dir", type=Path, help="--open: write/compare each precision's answers here")
+    ap.add_argument("--home", type=Path, default=HOME, help="home of the model (default: the bundled one)")
+    ap.add_argument("--model", default="minilm-squad", help="model name or name/version (default: the newest)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.open >= 0:
-        open_setting(a.open, a.batch, a.beam, a.precisions.split(","), a.answers_dir)
+        open_setting(a.home, a.model, a.open, a.batch, a.beam, a.precisions.split(","), a.answers_dir)
         return
-    spec = json.loads((MODEL / "model.json").read_text())
-    tok = WordPieceTokenizer.from_dir(MODEL)
+    name, version = Home(a.home).resolve_model(a.model)
+    model_dir = Home(a.home).model_dir(name, version)
+    spec = json.loads((model_dir / "model.json").read_text())
+    tok = WordPieceTokenizer.from_dir(model_dir)
     items = []
     for art in json.loads((HOME / "heldout" / "squad-train-heldout.json").read_text())["data"]:
         ps = [p["context"] for p in art["paragraphs"]]
@@ -100,13 +107,13 @@ def main() -> None:
     runs = [("fp32", "cpu"), ("int8", "cpu")]
     if torch.cuda.is_available():
         runs += [("fp32", "cuda"), ("fp16", "cuda"), ("bf16", "cuda")]
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cuda "
+    print(f"{name}/{version}: torch {torch.__version__}, threads {torch.get_num_threads()}, cuda "
           f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; {len(items)} questions, "
           f"reader beam {a.beam}, batch {a.batch}")
     print(f"{'precision':>9} {'device':>6} {'q/s':>8} {'rows/s':>8} {'EM':>6} {'= fp32 cpu':>10}")
     ref = None
     for prec, device in runs:
-        reader = apply_precision(load_reader(MODEL).eval(), prec)
+        reader = load_model_dir(model_dir, name, version, precision=prec).reader
         if device == "cuda" and prec == "fp32":
             reader = reader.cuda()
 

@@ -11,6 +11,7 @@
      "reader_question": "text",                   # optional; a key of READER_QUESTIONS
      "precision": "fp32",                         # optional; the reader's, a key of precision.PRECISIONS
      "hybrid_relevance": "dense",                 # optional; a key of HYBRID_RELEVANCE
+     "int8_smoothing": {"calibration": "int8_calibration.safetensors", "alpha": 0.75},  # optional
      "default_corpus": "corpus.jsonl.gz",         # optional; the service builds an index from it if none
      "embedder_id": "3f2a...",                    # optional; the block embedder's content id, cached
      "card": {...}}                               # where the weights came from
@@ -29,6 +30,10 @@ when the served index version is hybrid (dense MIPS and BM25 lists fused, :mod:`
 the block's fused retrieval score (:mod:`index.fusion`, e.g. the normalised sum in [0, 1]), which also
 carries the BM25 evidence. On a dense index the reader always adds the inner product; converted REALM
 checkpoints keep ``"dense"``.
+
+``int8_smoothing`` (written by ``realmqa calibrate-int8``) is used only when the reader runs in int8: each
+int8 Linear's inputs are smoothed by SmoothQuant's per-channel factors from the calibration file's activation
+ranges (:class:`realm_core.precision.Smoothing`); fp32 ignores it.
 
 Embedder ``source`` values are keys of ``EMBEDDER_SOURCES``. A ``path`` is relative to the version
 directory, absolute, or ``python-package:<module>/<subdir>`` for files shipped inside an installed
@@ -49,7 +54,7 @@ from realm_core.bert import BertConfig
 from realm_core.checkpoint import load_mapped, load_safetensors
 from realm_core.embedder import Embedder, EmbedderConfig, load_sentence_transformer
 from realm_core.model_spec import EMBEDDER_FILES, EmbedderSpec, ModelDirError, ModelSpec, resolve_path
-from realm_core.precision import PrecisionError, apply_precision
+from realm_core.precision import PrecisionError, Smoothing, apply_precision
 from realm_core.reader import SpanReader, reader_config_from_dict
 from realm_core.tokenizer import TRUNCATIONS, Pieces, WordPieceTokenizer
 
@@ -145,8 +150,12 @@ def load_model_dir(root: str | Path, name: str, version: int, precision: str | N
         for m in {id(query.embedder): query.embedder, id(block.embedder): block.embedder}.values():
             m.float().eval()
         chosen = precision or spec.precision
+        smoothing = None
+        if chosen == "int8" and spec.int8_smoothing is not None:
+            smoothing = Smoothing(load_safetensors(root / spec.int8_smoothing.calibration),
+                                  spec.int8_smoothing.alpha)
         try:
-            reader = apply_precision(reader, chosen)
+            reader = apply_precision(reader, chosen, smoothing)
         except PrecisionError as e:
             where = "the precision setting" if precision else "model.json precision"
             raise ModelDirError(f"{root}: {where}: {e}") from None

@@ -17,11 +17,14 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import os
+import shutil
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from realm_core.atomic import write_atomic
+from realm_core.atomic import fsync_dir, new_scratch, write_atomic
 
 MODEL_FORMAT = 1
 
@@ -120,6 +123,25 @@ class ReaderSpec:
 
 
 @dataclass(frozen=True)
+class Int8SmoothingSpec:
+    """model.json ``int8_smoothing``: the int8 reader's SmoothQuant calibration (``realmqa calibrate-int8``)."""
+
+    calibration: str  # safetensors file: Linear name → (in_features,) largest |input| per channel
+    alpha: float  # migration strength in [0, 1] (realm_core.precision.Smoothing)
+
+
+def _int8_smoothing(d: Any, where: str) -> Int8SmoothingSpec | None:
+    if d is None:
+        return None
+    if not isinstance(d, dict) or not isinstance(d.get("calibration"), str):
+        raise ModelDirError(f"{where} int8_smoothing must be an object with a string 'calibration'")
+    alpha = d.get("alpha")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ModelDirError(f"{where} int8_smoothing.alpha must be a number in [0, 1], not {alpha!r}")
+    return Int8SmoothingSpec(d["calibration"], float(alpha))
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """The contents of ``model.json`` (see :mod:`realm_core.model_dir` for the meaning of each field)."""
 
@@ -135,6 +157,7 @@ class ModelSpec:
     reader_question: str = "text"
     precision: str = "fp32"  # the reader's: a key of realm_core.precision.PRECISIONS
     hybrid_relevance: str = "dense"  # the relevance score the reader adds on a hybrid index: dense | fused
+    int8_smoothing: Int8SmoothingSpec | None = None  # the int8 reader's calibration; None: plain int8
     default_corpus: str | None = None  # corpus the service builds an index from when none exists
     embedder_id: str | None = None  # cached block embedder id (see block_embedder_id)
     card: dict[str, Any] = field(default_factory=dict)
@@ -175,6 +198,7 @@ class ModelSpec:
                 reader_question=str(d.get("reader_question", "text")),
                 precision=str(d.get("precision", "fp32")),
                 hybrid_relevance=str(d.get("hybrid_relevance", "dense")),
+                int8_smoothing=_int8_smoothing(d.get("int8_smoothing"), where),
                 default_corpus=d.get("default_corpus"), embedder_id=d.get("embedder_id"),
                 card=dict(d.get("card") or {}), extra={k: v for k, v in d.items() if k not in known})
         except KeyError as e:
@@ -210,6 +234,8 @@ class ModelSpec:
                              "reader_question": self.reader_question, "precision": self.precision}
         if self.hybrid_relevance != "dense":  # written only when set, so older model.json files read back equal
             d["hybrid_relevance"] = self.hybrid_relevance
+        if self.int8_smoothing is not None:
+            d["int8_smoothing"] = dataclasses.asdict(self.int8_smoothing)
         for k in ("default_corpus", "embedder_id"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
@@ -222,3 +248,47 @@ class ModelSpec:
     def with_embedder_id(self, root: Path) -> ModelSpec:
         """This spec with ``embedder_id`` computed from the files (for writers that cache it)."""
         return dataclasses.replace(self, embedder_id=embedder_content_id(root, self.block))
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def publish_model_version(base: Path, models_dir: Path, name: str, leave_out: Collection[str],
+                          write: Callable[[Path, ModelSpec], ModelSpec]) -> Path:
+    """Publish ``models_dir/name/<next>``: the base version's files except ``leave_out`` (hard-linked where
+    possible: versions are immutable and every file written here is new, replaced into place), the files
+    ``write(staging, base_spec)`` adds and the model.json it returns; staged in a hidden directory and renamed
+    into place. Returns the version directory.
+
+    Raises:
+        ModelDirError: the base's model.json is malformed; OSError: no version number could be taken in 8 tries.
+    """
+    spec = ModelSpec.read(base)
+    parent = models_dir / name
+    scratch = new_scratch(parent, ".staging-")  # locked: a sweep of dead staging leaves it alone
+    staging = scratch.path
+    try:
+        for p in base.iterdir():
+            if p.name == "model.json" or p.name in leave_out:
+                continue
+            if p.is_dir():
+                shutil.copytree(p, staging / p.name, copy_function=_link_or_copy, symlinks=True)
+            else:
+                _link_or_copy(str(p), str(staging / p.name))
+        write(staging, spec).write(staging)
+        staging.chmod(0o755)
+        taken = max((int(p.name) for p in parent.iterdir() if p.name.isascii() and p.name.isdigit()), default=0)
+        for version in range(taken + 1, taken + 9):
+            try:
+                os.rename(staging, parent / str(version))  # fails if another publisher took the number
+            except OSError:
+                continue
+            fsync_dir(parent)
+            return parent / str(version)
+        raise OSError(f"could not publish a version of model {name} in {parent}")
+    finally:
+        scratch.release()  # the directory if it was not renamed into place, and its lock

@@ -5,10 +5,14 @@
   stacked into one Linear, then every Linear of the reader an :class:`Int8Linear` (weights int8 per output
   channel with scales that keep fbgemm's AVX2 int16 pair sums exact, :func:`int8_weight`; activations quantised
   to all 8 bits per tensor at each call) except :data:`INT8_FP32_LAYERS`; embeddings, LayerNorms, attention's
-  softmax and the span head's sums stay float32. Built on ``torch.ao.nn.quantized.dynamic.Linear`` and
-  ``quantized::linear_dynamic`` (fbgemm): ``torch.ao.quantization`` warns that it is deprecated in favour of
-  torchao, but torchao 0.18's ``Int8DynamicActivationInt8WeightConfig`` ran 25× slower here (no int8 CPU
-  kernel for that path), so the eager modules stay until torchao has one (see bench/README.md).
+  softmax and the span head's sums stay float32. With a calibration (:class:`Smoothing`, model.json's
+  ``int8_smoothing``, written by ``realmqa calibrate-int8``) each Linear's input channels are first divided by
+  SmoothQuant's per-channel factors and its weight's columns multiplied by them (Xiao et al. 2023,
+  arXiv:2211.10438, §4), which moves activation outliers into the weights before the per-tensor activation
+  step. Built on ``torch.ao.nn.quantized.dynamic.Linear`` and ``quantized::linear_dynamic`` (fbgemm):
+  ``torch.ao.quantization`` warns that it is deprecated in favour of torchao, but torchao 0.18's
+  ``Int8DynamicActivationInt8WeightConfig`` ran 25× slower here (no int8 CPU kernel for that path), so the
+  eager modules stay until torchao has one (see bench/README.md).
 - ``fp16``, ``bf16``: the reader in half precision on the first CUDA device.
 
 Only the reader changes: the query embedder stays float32 so that questions meet the index built in float32.
@@ -16,7 +20,9 @@ Only the reader changes: the query embedder stays float32 so that questions meet
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -30,7 +36,7 @@ class PrecisionError(ValueError):
     """A precision that is unknown or that this machine cannot run."""
 
 
-def _fp32(reader: SpanReader) -> SpanReader:
+def _fp32(reader: SpanReader, smoothing: Smoothing | None = None) -> SpanReader:
     return reader.float()
 
 
@@ -73,20 +79,102 @@ class Int8Linear(nnqd.Linear):  # type: ignore[misc]
     torch's own module calls ``quantized::linear_dynamic`` with ``reduce_range=True`` (7-bit activations, its
     guard against int16 saturation in fbgemm's AVX2 kernels). Here the guard is in the weights' scales
     (:func:`int8_weight`), which keeps more of fp32's spans on the bundled reader (bench/README.md, "int8").
+    With ``smooth`` (SmoothQuant's factors s, :meth:`Smoothing.factors`) the layer computes
+    (x / s) · (W diag(s))ᵀ + b: the same product in exact arithmetic, with flatter input channels to quantise.
 
     forward: x (..., in_features) float32 → (..., out_features) float32.
     """
 
+    input_scale: torch.Tensor | None = None  # (in_features,) 1 / s, or None: no smoothing
+
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+    def from_linear(cls, linear: nn.Linear, smooth: torch.Tensor | None = None) -> Int8Linear:
+        """Args: linear: the float layer; smooth: (in_features,) positive SmoothQuant factors s, or None."""
         q = cls(linear.in_features, linear.out_features, bias_=linear.bias is not None)
         bias = None if linear.bias is None else linear.bias.detach().float()
-        q.set_weight_bias(int8_weight(linear.weight), bias)
+        weight = linear.weight.detach().float()
+        if smooth is not None:
+            weight = weight * smooth
+            q.input_scale = (1.0 / smooth).float()
+        q.set_weight_bias(int8_weight(weight), bias)
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            x = x * self.input_scale
         return torch.ops.quantized.linear_dynamic(  # type: ignore[no-any-return]
             x, self._packed_params._packed_params, reduce_range=False)
+
+
+@dataclass(frozen=True)
+class Smoothing:
+    """SmoothQuant's calibration of the int8 reader (Xiao et al. 2023, arXiv:2211.10438, §4, eq. 4).
+
+    Attributes:
+        input_amax: Linear name (as :func:`quantize_int8` names them, query/key/value stacked as
+            ``….attention.self.qkv``) → (in_features,) float32, the largest |input| of each channel seen on the
+            calibration questions (:func:`calibrate_int8`).
+        alpha: migration strength in [0, 1]: 0 leaves the inputs alone, 1 moves all their range into the weights.
+    """
+
+    input_amax: Mapping[str, torch.Tensor]
+    alpha: float
+
+    def factors(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """s_j = amax(|X_j|)^α / amax(|W_:,j|)^(1−α) (eq. 4) for the Linear ``name`` of weight (out, in).
+
+        Raises:
+            PrecisionError: no calibration for ``name``, or one of another width.
+        """
+        if name not in self.input_amax:
+            raise PrecisionError(f"int8 calibration has no entry for Linear {name!r}")
+        a = self.input_amax[name].float()
+        if a.shape != (weight.shape[1],):
+            raise PrecisionError(f"int8 calibration of {name!r} has shape {tuple(a.shape)}, the layer "
+                                 f"{weight.shape[1]} inputs")
+        w = weight.detach().float().abs().amax(dim=0)
+        eps = 1e-5  # a channel never seen non-zero (or a zero weight column) keeps s near 1 instead of 0 or ∞
+        return (a.clamp_min(eps) ** self.alpha / w.clamp_min(eps) ** (1 - self.alpha)).clamp(eps, 1 / eps)
+
+
+@torch.no_grad()
+def calibrate_int8(reader: SpanReader, run: Callable[[SpanReader], object],
+                   fp32_layers: Sequence[str] = INT8_FP32_LAYERS) -> dict[str, torch.Tensor]:
+    """Per input channel, the largest |input| of every Linear that :func:`quantize_int8` makes int8.
+
+    Args:
+        reader: a float32 reader (not changed: a copy is stacked as :func:`quantize_int8` stacks it, and run).
+        run: reads the calibration questions with the reader it is given, as serving reads them (e.g. through
+            ``realm_core.qa.read_beams``).
+        fp32_layers: layers that stay float32 (not calibrated).
+
+    Returns:
+        Linear name → (in_features,) float32, for :class:`Smoothing`.
+
+    Raises:
+        PrecisionError: ``run`` never called a layer to be calibrated.
+    """
+    reader = copy.deepcopy(reader).float().eval()
+    stack_qkv(reader)
+    amax: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+        def record(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].detach().float().abs().reshape(-1, args[0].shape[-1]).amax(dim=0)
+            amax[name] = x if name not in amax else torch.maximum(amax[name], x)
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in reader.named_modules()
+               if type(m) is nn.Linear and n not in fp32_layers]
+    try:
+        run(reader)
+    finally:
+        for h in handles:
+            h.remove()
+    missed = len(handles) - len(amax)
+    if missed:
+        raise PrecisionError(f"calibration never ran {missed} of the reader's Linear layers")
+    return amax
 
 
 def stack_qkv(reader: SpanReader) -> None:
@@ -103,13 +191,16 @@ def stack_qkv(reader: SpanReader) -> None:
             del m.query, m.key, m.value
 
 
-def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAYERS) -> SpanReader:
+def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAYERS,
+                  smoothing: Smoothing | None = None) -> SpanReader:
     """The reader (changed in place) with query/key/value stacked and every Linear layer an :class:`Int8Linear`
     except those named in ``fp32_layers`` (module names, e.g. ``qa_outputs.dense_output``; a stacked
-    projection is ``realm.encoder.layer.N.attention.self.qkv``), which stay float32.
+    projection is ``realm.encoder.layer.N.attention.self.qkv``), which stay float32; with ``smoothing``, each
+    int8 layer smoothed by its SmoothQuant factors.
 
     Raises:
-        PrecisionError: no quantized CPU engine, or a name in ``fp32_layers`` that is not a Linear of the reader.
+        PrecisionError: no quantized CPU engine, a name in ``fp32_layers`` that is not a Linear of the reader, or
+            a ``smoothing`` that lacks a layer, has one of another width or names layers the reader lacks.
     """
     if not set(torch.backends.quantized.supported_engines) - {"none"}:
         raise PrecisionError("int8 needs a quantized CPU engine (fbgemm/x86/qnnpack), which this torch lacks")
@@ -119,19 +210,22 @@ def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAY
     unknown = sorted(set(fp32_layers) - set(linears))
     if unknown:
         raise PrecisionError(f"int8 fp32 layers {unknown} are not Linear layers of the reader")
+    if smoothing is not None and (extra := sorted(set(smoothing.input_amax) - set(linears))):
+        raise PrecisionError(f"int8 calibration names layers the reader lacks: {extra[:3]}")
     for name, linear in linears.items():
         if name not in fp32_layers:
+            smooth = None if smoothing is None else smoothing.factors(name, linear.weight)
             parent, _, child = name.rpartition(".")
-            setattr(reader.get_submodule(parent), child, Int8Linear.from_linear(linear))
+            setattr(reader.get_submodule(parent), child, Int8Linear.from_linear(linear, smooth))
     return reader
 
 
-def _int8(reader: SpanReader) -> SpanReader:
-    return quantize_int8(reader)
+def _int8(reader: SpanReader, smoothing: Smoothing | None = None) -> SpanReader:
+    return quantize_int8(reader, smoothing=smoothing)
 
 
-def _cuda(dtype: torch.dtype) -> Callable[[SpanReader], SpanReader]:
-    def to(reader: SpanReader) -> SpanReader:
+def _cuda(dtype: torch.dtype) -> Callable[..., SpanReader]:
+    def to(reader: SpanReader, smoothing: Smoothing | None = None) -> SpanReader:
         if not torch.cuda.is_available():
             raise PrecisionError(f"{dtype} needs a CUDA device and torch sees none")
         return reader.to(device="cuda", dtype=dtype)
@@ -139,8 +233,8 @@ def _cuda(dtype: torch.dtype) -> Callable[[SpanReader], SpanReader]:
     return to
 
 
-# precision name → how a float32 reader becomes one (eval mode kept).
-PRECISIONS: dict[str, Callable[[SpanReader], SpanReader]] = {
+# precision name → how a float32 reader becomes one (eval mode kept); int8 alone uses a smoothing.
+PRECISIONS: dict[str, Callable[..., SpanReader]] = {
     "fp32": _fp32,
     "int8": _int8,
     "fp16": _cuda(torch.float16),
@@ -148,8 +242,8 @@ PRECISIONS: dict[str, Callable[[SpanReader], SpanReader]] = {
 }
 
 
-def apply_precision(reader: SpanReader, precision: str) -> SpanReader:
-    """The reader in ``precision`` (the module may be changed in place).
+def apply_precision(reader: SpanReader, precision: str, smoothing: Smoothing | None = None) -> SpanReader:
+    """The reader in ``precision`` (the module may be changed in place); ``smoothing`` applies to int8 only.
 
     Raises:
         PrecisionError: an unknown precision, or one this machine cannot run (int8 without a quantized engine,
@@ -157,4 +251,4 @@ def apply_precision(reader: SpanReader, precision: str) -> SpanReader:
     """
     if precision not in PRECISIONS:
         raise PrecisionError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
-    return PRECISIONS[precision](reader).eval()
+    return PRECISIONS[precision](reader, smoothing).eval()

@@ -28,9 +28,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,11 +39,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from realm_core.atomic import fsync_dir, new_scratch, publish_file, write_atomic
+from realm_core.atomic import publish_file, write_atomic
 from realm_core.checkpoint import save_safetensors_atomic
 from realm_core.embedder import Embedder
 from realm_core.evaluation import has_answer
-from realm_core.model_spec import EmbedderSpec, ModelSpec
+from realm_core.model_spec import EmbedderSpec, ModelSpec, publish_model_version
 from realm_core.tokenizer import WordPieceTokenizer
 
 log = logging.getLogger(__name__)
@@ -139,56 +137,27 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     publish_file(path, lambda tmp: torch.save(state, tmp))
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def write_model_version(base: Path, models_dir: Path, name: str, embedder: Embedder,
                         tokenizer: WordPieceTokenizer, card: dict[str, Any]) -> Path:
-    """Publish ``models_dir/name/<next>``: the base version's files (hard-linked where possible: versions are
-    immutable and every file written here is new, replaced into place), ``query_embedder/`` with the trained
-    embedder (source ``realmqa``), and model.json (:class:`realm_core.model_spec.ModelSpec`) naming it as the
-    query embedder and the base's block embedder, unchanged, as the block embedder; staged in a hidden
-    directory and renamed into place. Returns the version directory.
+    """Publish ``models_dir/name/<next>`` (:func:`realm_core.model_spec.publish_model_version`): the base
+    version's files, ``query_embedder/`` with the trained embedder (source ``realmqa``), and model.json naming it
+    as the query embedder and the base's block embedder, unchanged, as the block embedder. Returns the version
+    directory.
 
     Raises:
         realm_core.model_spec.ModelDirError: the base's model.json is malformed; OSError: no version number
             could be taken in 8 tries.
     """
-    spec = ModelSpec.read(base)
-    parent = models_dir / name
-    scratch = new_scratch(parent, ".staging-")  # locked: a sweep of dead staging leaves it alone
-    staging = scratch.path
-    try:
-        for p in base.iterdir():
-            if p.name in ("model.json", "query_embedder"):
-                continue
-            if p.is_dir():
-                shutil.copytree(p, staging / p.name, copy_function=_link_or_copy, symlinks=True)
-            else:
-                _link_or_copy(str(p), str(staging / p.name))
+    def write(staging: Path, spec: ModelSpec) -> ModelSpec:
         qdir = staging / "query_embedder"
         qdir.mkdir()
         write_atomic(qdir / "embedder_config.json", json.dumps(dataclasses.asdict(embedder.config), indent=2))
         save_safetensors_atomic(embedder.state_dict(), qdir / "embedder.safetensors")
         tokenizer.save(qdir)
-        dataclasses.replace(spec, query_embedder=EmbedderSpec("realmqa", "query_embedder"), block_embedder=spec.block,
-                            card={**spec.card, "query_embedder": card}).write(staging)
-        staging.chmod(0o755)
-        taken = max((int(p.name) for p in parent.iterdir() if p.name.isascii() and p.name.isdigit()), default=0)
-        for version in range(taken + 1, taken + 9):
-            try:
-                os.rename(staging, parent / str(version))  # fails if another publisher took the number
-            except OSError:
-                continue
-            fsync_dir(parent)
-            return parent / str(version)
-        raise OSError(f"could not publish a version of model {name} in {parent}")
-    finally:
-        scratch.release()  # the directory if it was not renamed into place, and its lock
+        return dataclasses.replace(spec, query_embedder=EmbedderSpec("realmqa", "query_embedder"),
+                                   block_embedder=spec.block, card={**spec.card, "query_embedder": card})
+
+    return publish_model_version(base, models_dir, name, ("query_embedder",), write)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The ``realmqa`` command line: serve, index build / add-bm25 / worker / submit, convert-hf, eval, ask,
-train-reader, train-retriever."""
+train-reader, train-retriever, calibrate-int8."""
 
 from __future__ import annotations
 
@@ -281,6 +281,38 @@ def cmd_train_retriever(a: argparse.Namespace) -> None:
     print(f"{a.out_model}/{out.name}")
 
 
+def cmd_calibrate_int8(a: argparse.Namespace) -> None:
+    from index.home import Home
+    from realm_core.int8_calibration import calibrate, calibration_questions, publish
+    from realm_core.model_dir import load_model_dir
+    from realm_core.model_spec import ModelDirError
+    from realm_core.reader_data import load_squad
+
+    if not 0 <= a.alpha <= 1:
+        raise SystemExit(f"realmqa: --alpha must be in [0, 1], not {a.alpha}")
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    home = Home(a.home)
+    try:
+        name, ver = home.resolve_model(a.model)
+        base = home.model_dir(name, ver)
+        model = load_model_dir(base, name, ver, precision="fp32")
+        items = calibration_questions(load_squad(a.squad), a.questions, a.heldout_questions, a.seed)
+    except (ValueError, LookupError, OSError) as e:  # ModelDirError is a ValueError
+        raise SystemExit(f"realmqa: {e}") from None
+    amax = calibrate(model, items)
+    card = (f"SmoothQuant (arXiv:2211.10438) input ranges of {len(amax)} Linear layers on {len(items)} "
+            f"{Path(a.squad).name} training questions with their gold paragraphs (seed {a.seed}, "
+            f"{a.heldout_questions} held-out questions' articles left out), alpha {a.alpha}; base {model.ref}")
+    try:
+        out = publish(base, home.models_dir, name, amax, a.alpha, a.precision, card)
+    except (ModelDirError, OSError) as e:
+        raise SystemExit(f"realmqa: {e}") from None
+    print(f"{name}/{out.name}")
+
+
 def _add_job_args(p: argparse.ArgumentParser) -> None:
     """The arguments of an index build, shared by ``index build`` (in process) and ``index submit`` (a job)."""
     p.add_argument("--model", required=True, help="model name or name/version whose block embedder embeds")
@@ -374,6 +406,10 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("train-reader", help="fine-tune a reader (see realm_core.train_reader)", add_help=False)
     t.set_defaults(func=None)
 
+    ci = sub.add_parser("calibrate-int8", help="SmoothQuant calibration of a model's int8 reader "
+                        "(see realm_core.int8_calibration); publishes a new model version", add_help=False)
+    ci.set_defaults(func=None)
+
     args, rest = p.parse_known_args(argv)
     if args.command == "train-retriever":
         from realm_core.train_retriever import __doc__ as doc
@@ -383,6 +419,15 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
         add_arguments(tp)
         cmd_train_retriever(tp.parse_args(rest))
+        return
+    if args.command == "calibrate-int8":
+        from realm_core.int8_calibration import __doc__ as cdoc
+        from realm_core.int8_calibration import add_arguments as calibrate_arguments
+
+        cp = argparse.ArgumentParser(prog="realmqa calibrate-int8", description=cdoc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+        calibrate_arguments(cp)
+        cmd_calibrate_int8(cp.parse_args(rest))
         return
     if args.command == "train-reader":
         from realm_core.train_reader import main as train_main

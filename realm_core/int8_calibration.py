@@ -1,0 +1,98 @@
+"""``realmqa calibrate-int8``: SmoothQuant calibration of a model version's int8 reader, published as a new
+model version.
+
+Dynamic int8 quantises each Linear's input with one scale per call (per tensor), so a few input channels with
+large values (BERT's outlier channels) leave few of the 256 steps to all the others. SmoothQuant (Xiao et al.
+2023, arXiv:2211.10438, §4) divides input channel j by s_j and multiplies the weight's column j by s_j, an exact
+identity in real arithmetic that flattens the input's channels before quantisation; s_j comes from the largest
+|input| of channel j on calibration data and the weight's column, with a migration strength α (eq. 4).
+
+This command reads ``--questions`` SQuAD training questions, each with its gold paragraph (as serving reads a
+block: ``realm_core.qa.read_beams``), from the articles that ``realmqa train-reader`` trains on (the held-out
+articles, drawn as it draws them, are left out), records every int8 Linear's input range, and publishes
+``<model>/<next>``: the base version's files, ``int8_calibration.safetensors`` and model.json with
+``int8_smoothing`` (and ``precision`` set with ``--precision``). fp32 readers ignore the calibration::
+
+    realmqa calibrate-int8 --home service/default --model minilm-squad/4 \\
+        --squad train-v1.1.json.gz --questions 128 --alpha 0.75
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from realm_core import qa
+from realm_core.checkpoint import save_safetensors_atomic
+from realm_core.model_dir import QAModel
+from realm_core.model_spec import Int8SmoothingSpec, ModelSpec, publish_model_version
+from realm_core.precision import calibrate_int8
+from realm_core.reader import SpanReader
+from realm_core.reader_data import split_heldout
+
+CALIBRATION_FILE = "int8_calibration.safetensors"
+
+
+def calibration_questions(articles: list[dict[str, Any]], n: int, heldout_questions: int, seed: int
+                          ) -> list[tuple[str, str]]:
+    """``n`` (question, gold paragraph) pairs drawn with ``seed`` from the training articles: those left after
+    :func:`realm_core.reader_data.split_heldout` (``heldout_questions``, ``seed``), as ``train-reader`` splits.
+
+    Raises:
+        ValueError: the training articles hold fewer than ``n`` questions, or ``n`` < 1.
+    """
+    if n < 1:
+        raise ValueError(f"questions must be at least 1, not {n}")
+    train, _ = split_heldout(articles, heldout_questions, seed)
+    pool = [(str(q["question"]), str(p["context"])) for a in train for p in a["paragraphs"] for q in p["qas"]]
+    if len(pool) < n:
+        raise ValueError(f"the training articles hold {len(pool)} questions, fewer than the {n} asked for")
+    return random.Random(seed).sample(pool, n)
+
+
+def calibrate(model: QAModel, items: list[tuple[str, str]], batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Input ranges of the model's reader (:func:`realm_core.precision.calibrate_int8`) on ``items`` (question,
+    block text), read ``batch_size`` questions per reader pass with a reader beam of one block each."""
+    tok = model.reader_tokenizer
+
+    def run(reader: SpanReader) -> None:
+        for i in range(0, len(items), batch_size):
+            chunk = items[i:i + batch_size]
+            qa.read_beams(reader, tok, tok.pieces([q for q, _ in chunk]),
+                          [[qa.BeamBlock(text, 0.0)] for _, text in chunk], model.reader_seq_len)
+
+    with torch.no_grad():
+        return calibrate_int8(model.reader, run)
+
+
+def publish(base: Path, models_dir: Path, name: str, amax: dict[str, torch.Tensor], alpha: float,
+            precision: str | None, card: str) -> Path:
+    """``models_dir/name/<next>``: the base's files, the calibration and model.json naming it (and ``precision``
+    when given). Returns the version directory."""
+    def write(staging: Path, spec: ModelSpec) -> ModelSpec:
+        save_safetensors_atomic(amax, staging / CALIBRATION_FILE)
+        return dataclasses.replace(spec, int8_smoothing=Int8SmoothingSpec(CALIBRATION_FILE, alpha),
+                                   precision=precision or spec.precision,
+                                   card={**spec.card, "int8_calibration": card})
+
+    return publish_model_version(base, models_dir, name, (CALIBRATION_FILE,), write)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``realmqa calibrate-int8`` (the command lives in ``service.cli``, which opens the home)."""
+    p.add_argument("--home", required=True)
+    p.add_argument("--model", required=True, help="base model name/version (its reader is calibrated)")
+    p.add_argument("--squad", required=True, help="SQuAD-format training questions (.json or .json.gz)")
+    p.add_argument("--questions", type=int, default=128, help="calibration questions (default 128)")
+    p.add_argument("--heldout-questions", type=int, default=2000,
+                   help="questions of whole articles left out, as train-reader's flag (default 2000)")
+    p.add_argument("--seed", type=int, default=13, help="held-out split and question draw (default 13)")
+    p.add_argument("--alpha", type=float, default=0.75, help="SmoothQuant migration strength in [0, 1] "
+                   "(default 0.75, chosen on SQuAD train questions: bench/README.md, 'int8')")
+    p.add_argument("--precision", choices=("int8", "fp32"), help="set model.json's precision in the new version")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -1,0 +1,151 @@
+"""realm_core.precision's SmoothQuant smoothing and realm_core.int8_calibration (``realmqa calibrate-int8``):
+the factors of SmoothQuant's eq. 4, input ranges recorded from the real reader, model.json ``int8_smoothing``
+loaded or refused by field, the command publishing a new model version, and the shipped default's calibrated
+int8 reader agreeing with fp32 on ≥ 95% of a fixed held-out question set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from index.home import Home
+from realm_core.model_dir import ModelDirError, load_model_dir
+from realm_core.model_spec import ModelSpec
+from realm_core.precision import INT8_FP32_LAYERS, Int8Linear, PrecisionError, Smoothing, calibrate_int8
+from tests.conftest import BUNDLED_HOME, BUNDLED_MODEL
+
+HELDOUT = BUNDLED_HOME / "heldout" / "squad-train-heldout.json"
+
+
+def _held_out(n: int, question: int = 0) -> list[tuple[str, str, list[str]]]:
+    """(question, gold paragraph, answers): the ``question``-th question of paragraphs spread over every article."""
+    items = [(p["qas"][question]["question"], p["context"], [a["text"] for a in p["qas"][question]["answers"]])
+             for art in json.loads(HELDOUT.read_text())["data"] for p in art["paragraphs"] if len(p["qas"]) > question]
+    return items[:: len(items) // n][:n]
+
+
+def test_smoothing_factors_follow_eq_4_and_flatten_an_outlier_channel() -> None:
+    """s_j = amax|X_j|^α / amax|W_:,j|^(1−α); with them, an int8 Linear whose input has one channel 100× the
+    others lands nearer the float product than without (the product itself is unchanged in real arithmetic)."""
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Linear(64, 32)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(32, 64, generator=g) * 0.05)
+    x = torch.randn(200, 64, generator=g)
+    x[:, 3] *= 100.0
+    sm = Smoothing({"fc": x.abs().amax(0)}, 0.75)
+    s = sm.factors("fc", lin.weight)
+    expected = x.abs().amax(0) ** 0.75 / lin.weight.detach().abs().amax(0) ** 0.25
+    torch.testing.assert_close(s, expected)
+    with torch.no_grad():
+        ref = lin(x)
+        plain = (Int8Linear.from_linear(lin)(x) - ref).abs().mean()
+        smooth_q = Int8Linear.from_linear(lin, s)
+        smoothed = (smooth_q(x) - ref).abs().mean()
+        torch.testing.assert_close(smooth_q.input_scale, 1 / s)
+    print(f"mean |int8 − fp32|: plain {plain:.4f}, smoothed {smoothed:.4f}")
+    assert smoothed < 0.5 * plain
+    with pytest.raises(PrecisionError, match="no entry for Linear 'other'"):
+        sm.factors("other", lin.weight)
+    with pytest.raises(PrecisionError, match=r"'fc' has shape \(64,\), the layer 32 inputs"):
+        sm.factors("fc", torch.zeros(8, 32))
+
+
+def test_calibration_records_each_int8_layers_input_range() -> None:
+    """On one real question + paragraph: the first layer's stacked q/k/v input range is the embeddings' output
+    range per channel; every Linear that int8 quantises has a range; the reader given is not changed."""
+    m = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
+    tok = m.reader_tokenizer
+    (q, ctx, _), = _held_out(1)
+    enc = tok.pad_pairs(tok.pair_rows(tok.pieces([q]), tok.pieces([ctx]), m.reader_seq_len, "only_block"))
+    args = (enc.input_ids, enc.attention_mask, enc.token_type_ids)
+    amax = calibrate_int8(m.reader, lambda r: r.span_scores(*args))
+    linears = {n for n, x in m.reader.named_modules() if type(x) is nn.Linear}
+    assert hasattr(m.reader.realm.encoder.layer[0].attention.self, "query")  # the caller's reader kept its layers
+    stacked = {n.replace(".query", ".qkv") for n in linears if not n.endswith((".key", ".value"))}
+    assert set(amax) == {n.replace(".query", ".qkv") for n in stacked} - set(INT8_FP32_LAYERS)
+    with torch.no_grad():
+        emb = m.reader.realm.embeddings(enc.input_ids, enc.token_type_ids)
+    torch.testing.assert_close(amax["realm.encoder.layer.0.attention.self.qkv"], emb.abs().amax(dim=(0, 1)))
+    with pytest.raises(PrecisionError, match="never ran"):
+        calibrate_int8(m.reader, lambda r: r.realm(*args))  # the span head's layers never run
+
+
+def _copy_with(tmp_path: Path, **fields: object) -> Path:
+    d = tmp_path / "m"
+    d.mkdir()
+    for f in BUNDLED_MODEL.iterdir():
+        if f.name != "model.json":
+            (d / f.name).symlink_to(f)
+    spec = json.loads((BUNDLED_MODEL / "model.json").read_text())
+    spec["default_corpus"] = str(BUNDLED_MODEL / spec["default_corpus"])
+    (d / "model.json").write_text(json.dumps({**spec, **fields}))
+    return d
+
+
+def test_model_json_int8_smoothing_loads_or_names_the_field(tmp_path: Path) -> None:
+    m = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
+    tok = m.reader_tokenizer
+    items = _held_out(4, question=1)
+    enc = tok.pad_pairs(tok.pair_rows(tok.pieces([q for q, _, _ in items]), tok.pieces([c for _, c, _ in items]),
+                                      m.reader_seq_len, "only_block"))
+    amax = calibrate_int8(m.reader, lambda r: r.span_scores(enc.input_ids, enc.attention_mask, enc.token_type_ids))
+    d = _copy_with(tmp_path, precision="int8", int8_smoothing={"calibration": "cal.safetensors", "alpha": 0.75})
+    save_file(amax, str(d / "cal.safetensors"))
+    spec = ModelSpec.read(d)
+    assert spec.int8_smoothing is not None and spec.int8_smoothing.alpha == 0.75
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    i8 = load_model_dir(d, "m", 1)
+    layers = [x for x in i8.reader.modules() if isinstance(x, Int8Linear)]
+    assert len(layers) == len(amax) and all(x.input_scale is not None for x in layers)
+    f32 = load_model_dir(d, "m", 1, precision="fp32")  # fp32 ignores the calibration
+    assert not any(isinstance(x, Int8Linear) for x in f32.reader.modules())
+
+    bad = dict(amax)
+    bad["realm.encoder.layer.2.output.dense"] = torch.ones(7)
+    save_file(bad, str(d / "cal.safetensors"))
+    with pytest.raises(ModelDirError, match=r"layer.2.output.dense' has shape \(7,\)"):
+        load_model_dir(d, "m", 1)
+    (d / "cal.safetensors").unlink()
+    with pytest.raises(ModelDirError, match="cal.safetensors"):
+        load_model_dir(d, "m", 1)
+    for alpha in (1.5, "0.5", True):
+        (tmp_path / "m2").mkdir(exist_ok=True)
+        d2 = _copy_with(tmp_path / "m2", int8_smoothing={"calibration": "c", "alpha": alpha})
+        with pytest.raises(ModelDirError, match="int8_smoothing.alpha must be a number in"):
+            ModelSpec.read(d2)
+        for f in d2.iterdir():
+            f.unlink()
+        d2.rmdir()
+
+
+def test_calibrate_int8_command_publishes_a_new_version(tmp_path: Path) -> None:
+    """``realmqa calibrate-int8`` on a SQuAD-format file (the repository's held-out questions, none held out
+    again): a new version with the base's files, the calibration and model.json naming it, served in int8."""
+    home = tmp_path / "home"
+    (home / "models" / "minilm-squad").mkdir(parents=True)
+    (home / "models" / "minilm-squad" / "1").symlink_to(BUNDLED_MODEL)
+    out = subprocess.run([sys.executable, "-m", "service.cli", "calibrate-int8", "--home", str(home), "--model",
+                          "minilm-squad/1", "--squad", str(HELDOUT), "--heldout-questions", "0",
+                          "--questions", "16", "--precision", "int8", "--threads", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "minilm-squad/2"
+    v2 = Home(home).model_dir("minilm-squad", 2)
+    spec = ModelSpec.read(v2)
+    assert (spec.precision, spec.int8_smoothing and spec.int8_smoothing.alpha) == ("int8", 0.75)
+    assert "16 squad-train-heldout.json training questions" in spec.card["int8_calibration"]
+    assert (v2 / "reader.safetensors").read_bytes() == (BUNDLED_MODEL / "reader.safetensors").read_bytes()
+    m = load_model_dir(v2, "minilm-squad", 2)
+    assert m.precision == "int8" and all(x.input_scale is not None for x in m.reader.modules()
+                                         if isinstance(x, Int8Linear))
+    bad = subprocess.run([sys.executable, "-m", "service.cli", "calibrate-int8", "--home", str(home), "--model",
+                          "minilm-squad/9", "--squad", str(HELDOUT)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "minilm-squad/9" in bad.stderr
