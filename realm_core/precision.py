@@ -21,6 +21,7 @@ Only the reader changes: the query embedder stays float32 so that questions meet
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,11 @@ def _fp32(reader: SpanReader, smoothing: Smoothing | None = None) -> SpanReader:
 # Linear layers the int8 reader keeps in float32 (module names in SpanReader): the span head's output
 # (256 → 1, run once per span width) is a matrix-vector product, slower in int8 than in float32.
 INT8_FP32_LAYERS: tuple[str, ...] = ("qa_outputs.dense_output",)
+
+
+# the feed-forward output Linear of each encoder layer (BertLayer.output.dense): its input, the intermediate
+# activation, is a fresh tensor read by nothing else (BertLayer.forward, BertModel.forward's last layer)
+FFN_OUTPUT = re.compile(r"encoder\.layer\.\d+\.output\.dense$")
 
 
 def int8_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -86,6 +92,9 @@ class Int8Linear(nnqd.Linear):  # type: ignore[misc]
     """
 
     input_scale: torch.Tensor | None = None  # (in_features,) 1 / s, or None: no smoothing
+    # smooth the input in place: set (by quantize_int8) only where the input is a temporary that nothing else
+    # reads (the feed-forward's intermediate activation), which saves a (tokens, 4C) copy per call
+    smooth_in_place: bool = False
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, smooth: torch.Tensor | None = None) -> Int8Linear:
@@ -101,7 +110,7 @@ class Int8Linear(nnqd.Linear):  # type: ignore[misc]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
-            x = x * self.input_scale
+            x = x.mul_(self.input_scale) if self.smooth_in_place else x * self.input_scale
         return torch.ops.quantized.linear_dynamic(  # type: ignore[no-any-return]
             x, self._packed_params._packed_params, reduce_range=False)
 
@@ -216,7 +225,9 @@ def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAY
         if name not in fp32_layers:
             smooth = None if smoothing is None else smoothing.factors(name, linear.weight)
             parent, _, child = name.rpartition(".")
-            setattr(reader.get_submodule(parent), child, Int8Linear.from_linear(linear, smooth))
+            q = Int8Linear.from_linear(linear, smooth)
+            q.smooth_in_place = FFN_OUTPUT.search(name) is not None  # its input is BertIntermediate's output
+            setattr(reader.get_submodule(parent), child, q)
     return reader
 
 

@@ -105,6 +105,15 @@ def test_model_json_int8_smoothing_loads_or_names_the_field(tmp_path: Path) -> N
     i8 = load_model_dir(d, "m", 1)
     layers = [x for x in i8.reader.modules() if isinstance(x, Int8Linear)]
     assert len(layers) == len(amax) and all(x.input_scale is not None for x in layers)
+    # the feed-forward output layers smooth their input in place: nothing else reads it, so the scores are
+    # those of copying first
+    assert sum(x.smooth_in_place for x in layers) == m.reader.config.bert.num_hidden_layers
+    args = (enc.input_ids, enc.attention_mask, enc.token_type_ids)
+    with torch.no_grad():
+        in_place = i8.reader.span_scores(*args)[0]
+        for x in layers:
+            x.smooth_in_place = False
+        torch.testing.assert_close(i8.reader.span_scores(*args)[0], in_place, rtol=0, atol=0)
     f32 = load_model_dir(d, "m", 1, precision="fp32")  # fp32 ignores the calibration
     assert not any(isinstance(x, Int8Linear) for x in f32.reader.modules())
 
