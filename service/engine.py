@@ -26,7 +26,7 @@ from index.version import IndexVersion, version_files
 from realm_core import qa
 from realm_core.model_dir import QAModel, embed_texts
 from realm_core.tokenizer import Pieces
-from service.errors import InvalidInput, NotReady
+from service.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,6 @@ class Engine(Protocol):
 
     def answer(self, questions: list[str], reader_beam_size: int, prepared: Sequence[object] | None = None,
                ) -> list[Answer]: ...
-
-    def check(self) -> None: ...
 
     def swap_index(self, index: IndexVersion) -> str: ...  # serve another index version; returns the old ref
 
@@ -348,13 +346,3 @@ class QAEngine:
                  w.warmed / 2**30, w.size / 2**30, w.seconds)
         return w
 
-    def check(self) -> None:
-        """Readiness: embed, search and read one question for real.
-
-        Raises:
-            NotReady: any step fails.
-        """
-        try:
-            self.answer(["what is this?"], 1)
-        except Exception as e:  # readiness reports any failure as not ready
-            raise NotReady(f"engine check failed: {e}") from e
