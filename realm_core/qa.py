@@ -5,10 +5,9 @@ store keeps them, its wordpieces) → reader rows ``[CLS] question [SEP] block [
 truncation rule → masked span logits → best span of each block → character offsets → the answer.
 
 :func:`read_beams` reads the reader beams of a whole batch of questions together: every row (questions ×
-reader beam) is sorted by length, rows of similar length are padded only to the longest of their group
-(:func:`plan_passes`: at most ``max_padding`` of a row's tokens are padding), and groups are cut into reader
-passes of at most ``max_pass_tokens`` padded tokens. Padding is masked out of attention, so a row's span
-scores do not depend on its group; they are then laid out as HF lays out one question's reader beam (its
+reader beam) is sorted by length and cut into reader passes of at most ``max_pass_tokens`` padded tokens,
+each padded to its longest row, where the padding costs less than another pass (:func:`plan_passes`).
+Padding is masked out of attention, so a row's span scores do not depend on its group; they are then laid out as HF lays out one question's reader beam (its
 rows padded to the longest of that question, spans width-major, :func:`realm_core.reader.span_candidates`),
 so :func:`answer` applies HF's selection rule, ties included, to the same logits as reading one question
 at a time.
@@ -31,6 +30,16 @@ MASKED = torch.finfo(torch.float32).min  # a span not wholly inside the block (H
 # Padded tokens per reader pass: small passes keep a pass's activations in the CPU's caches (tiny REALM at
 # batch 32, 2 cores: 2,048 tokens 21.0 ms per question, 8,192 21.7, 65,536 24.9; bench/README.md).
 MAX_PASS_TOKENS = 2048
+
+
+def pass_overhead_tokens(hidden_size: int) -> int:
+    """A reader pass's fixed cost (Python, one call per module, small matrix products) in tokens of encoder work,
+    for :func:`plan_passes`: 2²¹ / hidden², within [32, 1024]. The fixed cost is about the same for any width and
+    a token's work grows with hidden², so narrow readers pad more rows into one pass: 32 for MiniLM and BERT-base
+    (hidden 384, 768), 512 for the tiny REALM of the tests (hidden 64). Measured on 2 CPU cores, in process
+    (bench/README.md, "Reader passes"): tiny REALM 7.0–8.0 → 5.6 ms a question one at a time and 3.4–3.7 →
+    3.2 ms at batch 32 against the earlier rule (≤ 12.5% padding a row); MiniLM within run-to-run noise."""
+    return min(1024, max(32, round(2**21 / hidden_size**2)))
 
 
 class QuestionError(ValueError):
@@ -155,27 +164,41 @@ def question_pieces(tokenizer: WordPieceTokenizer, questions: Sequence[str], max
     return pieces
 
 
-def plan_passes(lengths: Sequence[int], max_pass_tokens: int, max_padding: float = 0.125) -> list[list[int]]:
+def plan_passes(lengths: Sequence[int], max_pass_tokens: int, overhead_tokens: int) -> list[list[int]]:
     """Reader passes for rows of the given lengths (tokens): lists of row numbers, longest rows first.
 
-    A pass is padded to its first (longest) row ``T``; a row joins it only if its padding is at most
-    ``max_padding × T`` tokens and the pass stays within ``max_pass_tokens`` padded tokens (a single row
-    longer than that gets a pass of its own).
+    Rows sorted longest first are cut into runs; a run is one pass, padded to its first (longest) row ``T``,
+    and costs ``overhead_tokens + rows × T`` (a pass's fixed cost, counted in tokens of encoder work, plus
+    its padded tokens). The cut of least total cost is found exactly by dynamic programming over the sorted
+    rows, under the bound ``rows × T ≤ max_pass_tokens`` (a single row longer than that gets a pass of its own):
+    few rows make one pass even where padding is needed, many rows split where padding would cost more than a
+    pass.
+
+    Args:
+        lengths: tokens of each row.
+        max_pass_tokens: the most padded tokens in one pass.
+        overhead_tokens: a pass's fixed cost in tokens (≥ 0; 0 never pads; :func:`pass_overhead_tokens`).
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    L = [lengths[i] for i in order]
+    n = len(L)
+    best = [0] * (n + 1)  # best[i]: least cost of rows order[:i]
+    cut = [0] * (n + 1)  # where the last pass of that best plan starts
+    for i in range(1, n + 1):
+        best[i] = best[i - 1] + overhead_tokens + L[i - 1]
+        cut[i] = i - 1
+        for j in range(i - 2, -1, -1):  # the pass order[j:i], padded to L[j]
+            if (i - j) * L[j] > max_pass_tokens:
+                break  # earlier j only add rows and length
+            c = best[j] + overhead_tokens + (i - j) * L[j]
+            if c < best[i]:
+                best[i], cut[i] = c, j
     passes: list[list[int]] = []
-    cur: list[int] = []
-    T = 0
-    for i in order:
-        if cur and (lengths[i] < (1.0 - max_padding) * T or (len(cur) + 1) * T > max_pass_tokens):
-            passes.append(cur)
-            cur = []
-        if not cur:
-            T = lengths[i]
-        cur.append(i)
-    if cur:
-        passes.append(cur)
-    return passes
+    i = n
+    while i > 0:
+        passes.append(order[cut[i]:i])
+        i = cut[i]
+    return passes[::-1]
 
 
 @lru_cache(maxsize=4096)
@@ -247,7 +270,7 @@ def read_beams(
     seq_len: int,
     truncation: str = "only_block",
     max_pass_tokens: int = MAX_PASS_TOKENS,
-    max_padding: float = 0.125,
+    overhead_tokens: int | None = None,
 ) -> BatchReading:
     """Score every span of every block of every question's reader beam, in length-grouped reader passes.
 
@@ -258,7 +281,8 @@ def read_beams(
         seq_len: the most tokens in a row (REALM ``reader_seq_len``).
         truncation: a key of :data:`realm_core.tokenizer.TRUNCATIONS`.
         max_pass_tokens: the most padded tokens in one reader pass.
-        max_padding: the most padding in a row, as a share of its pass's length.
+        overhead_tokens: a pass's fixed cost in tokens (:func:`plan_passes`); None: the reader's
+            (:func:`pass_overhead_tokens` of its hidden size).
 
     Raises:
         ValueError: a question with an empty beam, unequal lengths, an unknown truncation, or a question
@@ -278,7 +302,9 @@ def read_beams(
     W = reader.config.max_span_width
     row_scores: list[torch.Tensor] = [torch.empty(0)] * len(rows)  # (num_spans of its pass,) float32
     row_len = [0] * len(rows)  # the length of each row's pass
-    passes = plan_passes([len(r) for r in rows], max_pass_tokens, max_padding)
+    if overhead_tokens is None:
+        overhead_tokens = pass_overhead_tokens(reader.config.bert.hidden_size)
+    passes = plan_passes([len(r) for r in rows], max_pass_tokens, overhead_tokens)
     padded = 0
     for p in passes:
         enc = tokenizer.pad_pairs([rows[i] for i in p])

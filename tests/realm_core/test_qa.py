@@ -72,7 +72,10 @@ def test_batch_equals_one_question_at_a_time(tok: WordPieceTokenizer, truncation
         batch = qa.read_beams(reader, tok, questions, beams, SEQ_LEN, truncation, max_pass_tokens)
         assert sum(batch.pass_rows) == sum(len(b) for b in beams)
         assert len(batch.pass_rows) < len(questions) or max_pass_tokens < 1000
-        assert batch.padded_tokens <= batch.tokens / (1 - 0.125)
+        # padding only where it saves a pass's fixed cost: never costlier than one pass per row
+        oh = qa.pass_overhead_tokens(reader.config.bert.hidden_size)
+        rows = sum(len(b) for b in beams)
+        assert batch.padded_tokens + oh * len(batch.pass_rows) <= batch.tokens + oh * rows
         for q, beam, reading in zip(questions, beams, batch.readings, strict=True):
             want_logits, (bi, si, score, s, e) = _alone(reader, tok, q, beam, truncation)
             got_logits = reading.logits(scale)
@@ -142,18 +145,51 @@ def test_answer_from_row_scores_equals_hf_rule_on_ties(seed: int) -> None:
 
 
 @pytest.mark.parametrize("max_pass_tokens", [300, 4096])
-def test_plan_passes_bounds_padding_and_tokens(max_pass_tokens: int) -> None:
+def test_plan_passes_bounds_tokens_and_covers_rows(max_pass_tokens: int) -> None:
     rng = random.Random(max_pass_tokens)
     lengths = [rng.randint(5, 288) for _ in range(400)]
-    passes = qa.plan_passes(lengths, max_pass_tokens, max_padding=0.125)
+    passes = qa.plan_passes(lengths, max_pass_tokens, 32)
     assert sorted(i for p in passes for i in p) == list(range(400))
     for p in passes:
         T = max(lengths[i] for i in p)
         assert lengths[p[0]] == T
-        assert all(T - lengths[i] <= 0.125 * T for i in p)
         assert len(p) * T <= max_pass_tokens or len(p) == 1
     # Rows of many questions share a pass: far fewer passes than one per 5-row reader beam.
     assert len(passes) < 400 / 5 or max_pass_tokens < 1000
+
+
+def _cost(passes: list[list[int]], lengths: list[int], overhead: int) -> int:
+    return sum(overhead + len(p) * max(lengths[i] for i in p) for p in passes)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_plan_passes_is_the_cheapest_cut(seed: int) -> None:
+    """Against every cut of the sorted rows into runs (2^(n−1) of them): the plan's cost (overhead per pass +
+    padded tokens) is the least within the token bound; no overhead pads nothing, a large one pads all."""
+    rng = random.Random(seed)
+    n = rng.randint(1, 9)
+    lengths = [rng.randint(3, 120) for _ in range(n)]
+    overhead, max_pass_tokens = rng.choice([0, 8, 64, 512]), rng.choice([150, 400, 10_000])
+    order = sorted(range(n), key=lambda i: -lengths[i])
+    least = None
+    for mask in range(2 ** (n - 1)):
+        cuts = [0] + [k + 1 for k in range(n - 1) if mask >> k & 1] + [n]
+        runs = [order[a:b] for a, b in zip(cuts, cuts[1:])]
+        if all(len(r) == 1 or len(r) * lengths[r[0]] <= max_pass_tokens for r in runs):
+            c = _cost(runs, lengths, overhead)
+            least = c if least is None else min(least, c)
+    plan = qa.plan_passes(lengths, max_pass_tokens, overhead)
+    assert sorted(i for p in plan for i in p) == list(range(n))
+    assert all(len(p) == 1 or len(p) * max(lengths[i] for i in p) <= max_pass_tokens for p in plan)
+    assert _cost(plan, lengths, overhead) == least
+    if overhead == 0:  # only rows of equal length share a pass
+        assert all(len({lengths[i] for i in p}) == 1 for p in plan)
+    if overhead == 512 and max_pass_tokens == 10_000:  # a pass costs more than any padding here
+        assert len(plan) == 1
+
+
+def test_pass_overhead_follows_the_readers_width() -> None:
+    assert [qa.pass_overhead_tokens(h) for h in (32, 64, 128, 384, 768)] == [1024, 512, 128, 32, 32]
 
 
 def test_empty_beam_and_mismatch_are_errors(tok: WordPieceTokenizer) -> None:
