@@ -7,10 +7,10 @@ truncation rule → masked span logits → best span of each block → character
 :func:`read_beams` reads the reader beams of a whole batch of questions together: every row (questions ×
 reader beam) is sorted by length and cut into reader passes of at most ``max_pass_tokens`` padded tokens,
 each padded to its longest row, where the padding costs less than another pass (:func:`plan_passes`).
-Padding is masked out of attention, so a row's span scores do not depend on its group; they are then laid out as HF lays out one question's reader beam (its
-rows padded to the longest of that question, spans width-major, :func:`realm_core.reader.span_candidates`),
-so :func:`answer` applies HF's selection rule, ties included, to the same logits as reading one question
-at a time.
+Padding is masked out of attention, so a row's span scores do not depend on its group; they are then laid
+out as HF lays out one question's reader beam (its rows padded to the longest of that question, spans
+width-major, :func:`realm_core.reader.span_candidates`), so :func:`answer` applies HF's selection rule, ties
+included, to the same logits as reading one question at a time.
 """
 
 from __future__ import annotations
