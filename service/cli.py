@@ -313,6 +313,11 @@ def cmd_calibrate_int8(a: argparse.Namespace) -> None:
     print(f"{name}/{out.name}")
 
 
+# commands whose options a realm_core module declares (add_arguments) → (that module, the command here)
+LIBRARY_COMMANDS = {"train-retriever": ("realm_core.train_retriever", cmd_train_retriever),
+                    "calibrate-int8": ("realm_core.int8_calibration", cmd_calibrate_int8)}
+
+
 def _add_job_args(p: argparse.ArgumentParser) -> None:
     """The arguments of an index build, shared by ``index build`` (in process) and ``index submit`` (a job)."""
     p.add_argument("--model", required=True, help="model name or name/version whose block embedder embeds")
@@ -411,23 +416,15 @@ def main(argv: list[str] | None = None) -> None:
     ci.set_defaults(func=None)
 
     args, rest = p.parse_known_args(argv)
-    if args.command == "train-retriever":
-        from realm_core.train_retriever import __doc__ as doc
-        from realm_core.train_retriever import add_arguments
+    if args.command in LIBRARY_COMMANDS:  # options declared by the realm_core module the command runs
+        import importlib
 
-        tp = argparse.ArgumentParser(prog="realmqa train-retriever", description=doc,
+        module_name, run = LIBRARY_COMMANDS[args.command]
+        module = importlib.import_module(module_name)
+        lp = argparse.ArgumentParser(prog=f"realmqa {args.command}", description=module.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-        add_arguments(tp)
-        cmd_train_retriever(tp.parse_args(rest))
-        return
-    if args.command == "calibrate-int8":
-        from realm_core.int8_calibration import __doc__ as cdoc
-        from realm_core.int8_calibration import add_arguments as calibrate_arguments
-
-        cp = argparse.ArgumentParser(prog="realmqa calibrate-int8", description=cdoc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-        calibrate_arguments(cp)
-        cmd_calibrate_int8(cp.parse_args(rest))
+        module.add_arguments(lp)
+        run(lp.parse_args(rest))
         return
     if args.command == "train-reader":
         from realm_core.train_reader import main as train_main

@@ -32,6 +32,19 @@ def write_corpus(path: Path, n: int, skip: int = 0) -> list[dict[str, str]]:
     return docs
 
 
+def copy_model_with(tmp_path: Path, **fields: object) -> Path:
+    """``tmp_path/m``: the bundled model version 1 with ``fields`` changed in model.json (its other files linked)."""
+    d = tmp_path / "m"
+    d.mkdir()
+    for f in BUNDLED_MODEL.iterdir():
+        if f.name != "model.json":
+            (d / f.name).symlink_to(f)
+    spec = json.loads((BUNDLED_MODEL / "model.json").read_text())
+    spec["default_corpus"] = str(BUNDLED_MODEL / spec["default_corpus"])
+    (d / "model.json").write_text(json.dumps({**spec, **fields}))
+    return d
+
+
 def make_home(root: Path) -> Path:
     """A home whose models/ links the bundled model; no index yet."""
     (root / "models").mkdir(parents=True)

@@ -19,7 +19,7 @@ from index.home import Home
 from realm_core.model_dir import ModelDirError, load_model_dir
 from realm_core.model_spec import ModelSpec
 from realm_core.precision import INT8_FP32_LAYERS, Int8Linear, PrecisionError, Smoothing, calibrate_int8
-from tests.conftest import BUNDLED_HOME, BUNDLED_MODEL
+from tests.conftest import BUNDLED_HOME, BUNDLED_MODEL, copy_model_with
 
 HELDOUT = BUNDLED_HOME / "heldout" / "squad-train-heldout.json"
 
@@ -78,18 +78,6 @@ def test_calibration_records_each_int8_layers_input_range() -> None:
         calibrate_int8(m.reader, lambda r: r.realm(*args))  # the span head's layers never run
 
 
-def _copy_with(tmp_path: Path, **fields: object) -> Path:
-    d = tmp_path / "m"
-    d.mkdir()
-    for f in BUNDLED_MODEL.iterdir():
-        if f.name != "model.json":
-            (d / f.name).symlink_to(f)
-    spec = json.loads((BUNDLED_MODEL / "model.json").read_text())
-    spec["default_corpus"] = str(BUNDLED_MODEL / spec["default_corpus"])
-    (d / "model.json").write_text(json.dumps({**spec, **fields}))
-    return d
-
-
 def test_model_json_int8_smoothing_loads_or_names_the_field(tmp_path: Path) -> None:
     m = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
     tok = m.reader_tokenizer
@@ -97,7 +85,7 @@ def test_model_json_int8_smoothing_loads_or_names_the_field(tmp_path: Path) -> N
     enc = tok.pad_pairs(tok.pair_rows(tok.pieces([q for q, _, _ in items]), tok.pieces([c for _, c, _ in items]),
                                       m.reader_seq_len, "only_block"))
     amax = calibrate_int8(m.reader, lambda r: r.span_scores(enc.input_ids, enc.attention_mask, enc.token_type_ids))
-    d = _copy_with(tmp_path, precision="int8", int8_smoothing={"calibration": "cal.safetensors", "alpha": 0.75})
+    d = copy_model_with(tmp_path, precision="int8", int8_smoothing={"calibration": "cal.safetensors", "alpha": 0.75})
     save_file(amax, str(d / "cal.safetensors"))
     spec = ModelSpec.read(d)
     assert spec.int8_smoothing is not None and spec.int8_smoothing.alpha == 0.75
@@ -127,7 +115,7 @@ def test_model_json_int8_smoothing_loads_or_names_the_field(tmp_path: Path) -> N
         load_model_dir(d, "m", 1)
     for alpha in (1.5, "0.5", True):
         (tmp_path / "m2").mkdir(exist_ok=True)
-        d2 = _copy_with(tmp_path / "m2", int8_smoothing={"calibration": "c", "alpha": alpha})
+        d2 = copy_model_with(tmp_path / "m2", int8_smoothing={"calibration": "c", "alpha": alpha})
         with pytest.raises(ModelDirError, match="int8_smoothing.alpha must be a number in"):
             ModelSpec.read(d2)
         for f in d2.iterdir():

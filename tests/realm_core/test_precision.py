@@ -15,22 +15,9 @@ from realm_core.evaluation import exact_match
 from realm_core.model_dir import ModelDirError, QAModel, load_model_dir
 from realm_core.model_spec import ModelSpec
 from realm_core.precision import INT8_FP32_LAYERS, Int8Linear, PrecisionError, quantize_int8, stack_qkv
-from tests.conftest import BUNDLED_MODEL
+from tests.conftest import BUNDLED_MODEL, copy_model_with
 
 HELDOUT = BUNDLED_MODEL.parents[2] / "heldout" / "squad-train-heldout.json"
-
-
-def _copy_with(tmp_path: Path, **fields: str) -> Path:
-    """The bundled model version with ``fields`` changed in model.json (its other files linked)."""
-    d = tmp_path / "m"
-    d.mkdir()
-    for f in BUNDLED_MODEL.iterdir():
-        if f.name != "model.json":
-            (d / f.name).symlink_to(f)
-    spec = json.loads((BUNDLED_MODEL / "model.json").read_text())
-    spec["default_corpus"] = str(BUNDLED_MODEL / spec["default_corpus"])
-    (d / "model.json").write_text(json.dumps({**spec, **fields}))
-    return d
 
 
 def _questions(n: int) -> list[tuple[str, str, list[str]]]:
@@ -141,7 +128,7 @@ def test_int8_fp32_layers_are_named_modules() -> None:
 
 
 def test_model_json_precision_and_the_setting_override(tmp_path: Path) -> None:
-    d = _copy_with(tmp_path, precision="int8")
+    d = copy_model_with(tmp_path, precision="int8")
     assert ModelSpec.read(d).precision == "int8"
     assert ModelSpec.from_dict(ModelSpec.read(d).to_dict()).precision == "int8"
     assert load_model_dir(d, "m", 1).precision == "int8"
@@ -151,7 +138,7 @@ def test_model_json_precision_and_the_setting_override(tmp_path: Path) -> None:
 
 def test_bad_precisions_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ModelDirError, match="model.json precision: precision 'int4' is not one of"):
-        load_model_dir(_copy_with(tmp_path, precision="int4"), "m", 1)
+        load_model_dir(copy_model_with(tmp_path, precision="int4"), "m", 1)
     if not torch.cuda.is_available():
         with pytest.raises(ModelDirError, match="precision setting: torch.float16 needs a CUDA device"):
             load_model_dir(BUNDLED_MODEL, "m", 1, precision="fp16")
