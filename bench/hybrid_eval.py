@@ -12,7 +12,8 @@ Choose the rule on questions you do not report on, e.g. SQuAD train questions ou
 ``--answer N`` then answers a seeded sample of N questions (``--answer 0``: all of them) with
 :class:`service.engine.QAEngine` at reader beam ``--beam`` in each of ``--modes``: ``dense`` (MIPS only),
 ``bm25`` (the BM25 list alone: fusion weight 0 on dense), ``hybrid`` (the version's fusion rule, or
-``--fusion``); the reader adds the relevance score (inner product) in every mode (index.hybrid).
+``--fusion``); the reader adds the relevance score that the model's ``hybrid_relevance`` names: the inner
+product in every mode, or (``"fused"``) the fused score in the bm25 and hybrid modes (index.hybrid).
 """
 
 from __future__ import annotations
