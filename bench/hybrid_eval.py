@@ -30,10 +30,11 @@ from index.chunks import block_embedding_text
 from index.faiss_index import search
 from index.fusion import FusionConfig, fuse
 from index.home import Home
-from index.version import open_version
+from index.options import SearchParams
 from realm_core.evaluation import has_answer
 from realm_core.model_dir import embed_texts, load_model_dir
 from service.evaluate import load_questions
+from service.indexes import open_index
 from service.registry import find_index, model_versions
 
 
@@ -68,8 +69,7 @@ def main() -> None:
     p.add_argument("--modes", default="dense,bm25,hybrid")
     p.add_argument("--fusion", default="", help="rule:weight for the hybrid mode (default: the version's)")
     p.add_argument("--unchecked-pair", action="store_true",
-                   help="serve the index with a model whose block embedder it was not built by (fine-tuned "
-                        "query embedders before index identity by content)")
+                   help="serve the index with a model whose block embedder it was not built by")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     home = Path(a.home)
@@ -82,7 +82,7 @@ def main() -> None:
     else:
         found = find_index(home, model.ref)
     assert found is not None, f"no index for {model.ref}"
-    iv = open_version(Home(home).indexes_dir, *found)
+    iv = open_index(Home(home), *found, SearchParams())  # as the service opens it (a format 1 manifest's id filled in)
     qs = load_questions(a.questions)
     qs = qs[: a.limit] if a.limit else qs
     texts = iv.blocks._table.column("text").to_pylist()
