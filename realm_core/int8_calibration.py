@@ -66,8 +66,7 @@ def calibrate(model: QAModel, items: list[tuple[str, str]], batch_size: int = 32
             qa.read_beams(reader, tok, tok.pieces([q for q, _ in chunk]),
                           [[qa.BeamBlock(text, 0.0)] for _, text in chunk], model.reader_seq_len)
 
-    with torch.no_grad():
-        return calibrate_int8(model.reader, run)
+    return calibrate_int8(model.reader, run)  # under no_grad
 
 
 def publish(base: Path, models_dir: Path, name: str, amax: dict[str, torch.Tensor], alpha: float,

@@ -37,7 +37,7 @@ def pass_overhead_tokens(hidden_size: int) -> int:
     for :func:`plan_passes`: 2²¹ / hidden², within [32, 1024]. The fixed cost is about the same for any width and
     a token's work grows with hidden², so narrow readers pad more rows into one pass: 32 for MiniLM and BERT-base
     (hidden 384, 768), 512 for the tiny REALM of the tests (hidden 64). Measured on 2 CPU cores, in process
-    (bench/README.md, "Reader passes"): tiny REALM 7.0–8.0 → 5.6 ms a question one at a time and 3.4–3.7 →
+    (bench/README.md, "Reader passes"): tiny REALM 6.9–8.0 → 5.6 ms a question one at a time and 3.4–3.7 →
     3.2 ms at batch 32 against the earlier rule (≤ 12.5% padding a row); MiniLM within run-to-run noise."""
     return min(1024, max(32, round(2**21 / hidden_size**2)))
 

@@ -32,6 +32,15 @@ def write_corpus(path: Path, n: int, skip: int = 0) -> list[dict[str, str]]:
     return docs
 
 
+def held_out_questions(n: int, question: int = 0) -> list[tuple[str, str, list[str]]]:
+    """(question, gold paragraph, answers) of the ``question``-th question of paragraphs spread evenly over every
+    held-out article (``service/default/heldout``), ``n`` of them."""
+    held = BUNDLED_HOME / "heldout" / "squad-train-heldout.json"
+    items = [(p["qas"][question]["question"], p["context"], [a["text"] for a in p["qas"][question]["answers"]])
+             for art in json.loads(held.read_text())["data"] for p in art["paragraphs"] if len(p["qas"]) > question]
+    return items[:: len(items) // n][:n]
+
+
 def copy_model_with(tmp_path: Path, **fields: object) -> Path:
     """``tmp_path/m``: the bundled model version 1 with ``fields`` changed in model.json (its other files linked)."""
     d = tmp_path / "m"

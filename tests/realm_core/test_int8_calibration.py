@@ -5,7 +5,6 @@ int8 reader agreeing with fp32 on ≥ 95% of a fixed held-out question set."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,16 +18,9 @@ from index.home import Home
 from realm_core.model_dir import ModelDirError, load_model_dir
 from realm_core.model_spec import ModelSpec
 from realm_core.precision import INT8_FP32_LAYERS, Int8Linear, PrecisionError, Smoothing, calibrate_int8
-from tests.conftest import BUNDLED_HOME, BUNDLED_MODEL, copy_model_with
+from tests.conftest import BUNDLED_HOME, BUNDLED_MODEL, copy_model_with, held_out_questions
 
 HELDOUT = BUNDLED_HOME / "heldout" / "squad-train-heldout.json"
-
-
-def _held_out(n: int, question: int = 0) -> list[tuple[str, str, list[str]]]:
-    """(question, gold paragraph, answers): the ``question``-th question of paragraphs spread over every article."""
-    items = [(p["qas"][question]["question"], p["context"], [a["text"] for a in p["qas"][question]["answers"]])
-             for art in json.loads(HELDOUT.read_text())["data"] for p in art["paragraphs"] if len(p["qas"]) > question]
-    return items[:: len(items) // n][:n]
 
 
 def test_smoothing_factors_follow_eq_4_and_flatten_an_outlier_channel() -> None:
@@ -63,7 +55,7 @@ def test_calibration_records_each_int8_layers_input_range() -> None:
     range per channel; every Linear that int8 quantises has a range; the reader given is not changed."""
     m = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
     tok = m.reader_tokenizer
-    (q, ctx, _), = _held_out(1)
+    (q, ctx, _), = held_out_questions(1)
     enc = tok.pad_pairs(tok.pair_rows(tok.pieces([q]), tok.pieces([ctx]), m.reader_seq_len, "only_block"))
     args = (enc.input_ids, enc.attention_mask, enc.token_type_ids)
     amax = calibrate_int8(m.reader, lambda r: r.span_scores(*args))
@@ -81,7 +73,7 @@ def test_calibration_records_each_int8_layers_input_range() -> None:
 def test_model_json_int8_smoothing_loads_or_names_the_field(tmp_path: Path) -> None:
     m = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
     tok = m.reader_tokenizer
-    items = _held_out(4, question=1)
+    items = held_out_questions(4, question=1)
     enc = tok.pad_pairs(tok.pair_rows(tok.pieces([q for q, _, _ in items]), tok.pieces([c for _, c, _ in items]),
                                       m.reader_seq_len, "only_block"))
     amax = calibrate_int8(m.reader, lambda r: r.span_scores(enc.input_ids, enc.attention_mask, enc.token_type_ids))

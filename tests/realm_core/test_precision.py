@@ -3,7 +3,6 @@ against fp32 on a fixed question set; precisions this machine cannot run are cle
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,7 @@ from realm_core.evaluation import exact_match
 from realm_core.model_dir import ModelDirError, QAModel, load_model_dir
 from realm_core.model_spec import ModelSpec
 from realm_core.precision import INT8_FP32_LAYERS, Int8Linear, PrecisionError, quantize_int8, stack_qkv
-from tests.conftest import BUNDLED_MODEL, copy_model_with
-
-HELDOUT = BUNDLED_MODEL.parents[2] / "heldout" / "squad-train-heldout.json"
-
-
-def _questions(n: int) -> list[tuple[str, str, list[str]]]:
-    """(question, gold paragraph, answers) for ``n`` held-out questions spread over every article."""
-    items = [(q["question"], p["context"], [a["text"] for a in q["answers"]])
-             for art in json.loads(HELDOUT.read_text())["data"] for p in art["paragraphs"] for q in p["qas"][:1]]
-    return items[:: len(items) // n][:n]
+from tests.conftest import BUNDLED_MODEL, copy_model_with, held_out_questions
 
 
 def _answers(m: QAModel, items: list[tuple[str, str, list[str]]]) -> list[qa.SpanChoice]:
@@ -58,7 +48,7 @@ def test_int8_agrees_with_fp32_on_held_out_questions() -> None:
     float_linears = {n for n, m in i8.reader.named_modules() if type(m) is nn.Linear}
     assert float_linears == set(INT8_FP32_LAYERS)
     assert next(i8.query.embedder.parameters()).dtype == torch.float32  # the query embedder stays fp32
-    items = _questions(AGREE_QUESTIONS)
+    items = held_out_questions(AGREE_QUESTIONS)
     same, em32, em8 = _agreement(f32, i8, items)
     print(f"int8 = fp32 on {same}/{len(items)} questions; EM fp32 {em32}, int8 {em8}")
     assert same >= 0.88 * len(items)
@@ -75,7 +65,7 @@ def test_shipped_calibrated_int8_agrees_with_fp32_on_95_percent() -> None:
     assert ModelSpec.read(d).int8_smoothing is not None
     f32 = load_model_dir(d, name, version, precision="fp32")
     i8 = load_model_dir(d, name, version, precision="int8")
-    items = _questions(AGREE_QUESTIONS)
+    items = held_out_questions(AGREE_QUESTIONS)
     same, em32, em8 = _agreement(f32, i8, items)
     print(f"{name}/{version}: calibrated int8 = fp32 on {same}/{len(items)} questions; EM fp32 {em32}, int8 {em8}")
     assert same >= 0.95 * len(items)
@@ -130,7 +120,7 @@ def test_stacked_query_key_value_equal_three_linear_layers() -> None:
     span scores equal the original's (the stacking alone changes no sum beyond float rounding)."""
     m = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
     tok = m.reader_tokenizer
-    qs = _questions(3)
+    qs = held_out_questions(3)
     enc = tok.pad_pairs(tok.pair_rows(tok.pieces([q for q, _, _ in qs]), tok.pieces([c for _, c, _ in qs]),
                                       m.reader_seq_len, "only_block"))
     args = (enc.input_ids, enc.attention_mask, enc.token_type_ids)
