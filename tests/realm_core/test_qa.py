@@ -185,7 +185,7 @@ def test_plan_passes_is_the_cheapest_cut(seed: int) -> None:
     if overhead == 0:  # only rows of equal length share a pass
         assert all(len({lengths[i] for i in p}) == 1 for p in plan)
     longest = max(lengths)
-    if overhead >= n * longest - sum(lengths) and n * longest <= max_pass_tokens:  # a pass costs more than
+    if overhead > n * longest - sum(lengths) and n * longest <= max_pass_tokens:  # a pass costs more than
         assert len(plan) == 1  # padding every row to the longest, so all rows share one pass
 
 
