@@ -9,12 +9,17 @@ identity in real arithmetic that flattens the input's channels before quantisati
 
 This command reads ``--questions`` SQuAD training questions, each with its gold paragraph (as serving reads a
 block: ``realm_core.qa.read_beams``), from the articles that ``realmqa train-reader`` trains on (the held-out
-articles, drawn as it draws them, are left out), records every int8 Linear's input range, and publishes
-``<model>/<next>``: the base version's files, ``int8_calibration.safetensors`` and model.json with
-``int8_smoothing`` (and ``precision`` set with ``--precision``). fp32 readers ignore the calibration::
+articles, drawn as it draws them, are left out), records every int8 Linear's input range, then reads them
+again with the smoothed int8 reader and measures how far each int8 Linear's output strays from the float
+layer's on the same input (:func:`realm_core.precision.int8_layer_errors`); the ``--keep-fp32`` layers that
+stray furthest stay float32 (mixed precision: on the bundled reader the feed-forward outputs, whose inputs are
+GELU's heavy-tailed activations, lead; keeping 4 of them halved the held-out answers that differ from fp32's,
+bench/README.md "int8"). It publishes ``<model>/<next>``: the base version's files,
+``int8_calibration.safetensors`` and model.json with ``int8_smoothing`` and ``int8_fp32_layers`` (and
+``precision`` set with ``--precision``). fp32 readers ignore both::
 
     realmqa calibrate-int8 --home service/default --model minilm-squad/4 \\
-        --squad train-v1.1.json.gz --questions 128 --alpha 0.75
+        --squad train-v1.1.json.gz --questions 128 --alpha 0.75 --keep-fp32 4
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +37,7 @@ from realm_core import qa
 from realm_core.checkpoint import save_safetensors_atomic
 from realm_core.model_dir import QAModel
 from realm_core.model_spec import Int8SmoothingSpec, ModelSpec, publish_model_version
-from realm_core.precision import calibrate_int8
+from realm_core.precision import INT8_FP32_LAYERS, Int8Plan, Smoothing, calibrate_int8, int8_layer_errors
 from realm_core.reader import SpanReader
 from realm_core.reader_data import split_heldout
 
@@ -55,9 +61,9 @@ def calibration_questions(articles: list[dict[str, Any]], n: int, heldout_questi
     return random.Random(seed).sample(pool, n)
 
 
-def calibrate(model: QAModel, items: list[tuple[str, str]], batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """Input ranges of the model's reader (:func:`realm_core.precision.calibrate_int8`) on ``items`` (question,
-    block text), read ``batch_size`` questions per reader pass with a reader beam of one block each."""
+def _reads(model: QAModel, items: list[tuple[str, str]], batch_size: int) -> Callable[[SpanReader], None]:
+    """A ``run`` for :mod:`realm_core.precision`: reads ``items`` (question, block text) ``batch_size``
+    questions per reader pass, a reader beam of one block each."""
     tok = model.reader_tokenizer
 
     def run(reader: SpanReader) -> None:
@@ -66,16 +72,38 @@ def calibrate(model: QAModel, items: list[tuple[str, str]], batch_size: int = 32
             qa.read_beams(reader, tok, tok.pieces([q for q, _ in chunk]),
                           [[qa.BeamBlock(text, 0.0)] for _, text in chunk], model.reader_seq_len)
 
-    return calibrate_int8(model.reader, run)  # under no_grad
+    return run
+
+
+def calibrate(model: QAModel, items: list[tuple[str, str]], batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Input ranges of the model's reader (:func:`realm_core.precision.calibrate_int8`) on ``items`` (question,
+    block text), read ``batch_size`` questions per reader pass with a reader beam of one block each."""
+    return calibrate_int8(model.reader, _reads(model, items, batch_size))  # under no_grad
+
+
+def layers_to_keep(model: QAModel, items: list[tuple[str, str]], smoothing: Smoothing, keep: int,
+                   batch_size: int = 32) -> tuple[tuple[str, ...], dict[str, float]]:
+    """The Linear layers the int8 reader keeps float32: :data:`realm_core.precision.INT8_FP32_LAYERS` and the
+    ``keep`` int8 layers whose outputs stray furthest from float32 on ``items``
+    (:func:`realm_core.precision.int8_layer_errors` with ``smoothing``), and every layer's error.
+
+    Raises:
+        ValueError: ``keep`` < 0.
+    """
+    if keep < 0:
+        raise ValueError(f"keep-fp32 must be at least 0, not {keep}")
+    errors = int8_layer_errors(model.reader, _reads(model, items, batch_size), Int8Plan(INT8_FP32_LAYERS, smoothing))
+    return INT8_FP32_LAYERS + tuple(list(errors)[:keep]), errors
 
 
 def publish(base: Path, models_dir: Path, name: str, amax: dict[str, torch.Tensor], alpha: float,
-            precision: str | None, card: str) -> Path:
-    """``models_dir/name/<next>``: the base's files, the calibration and model.json naming it (and ``precision``
-    when given). Returns the version directory."""
+            fp32_layers: tuple[str, ...], precision: str | None, card: str) -> Path:
+    """``models_dir/name/<next>``: the base's files, the calibration and model.json naming it and
+    ``fp32_layers`` (and ``precision`` when given). Returns the version directory."""
     def write(staging: Path, spec: ModelSpec) -> ModelSpec:
         save_safetensors_atomic(amax, staging / CALIBRATION_FILE)
         return dataclasses.replace(spec, int8_smoothing=Int8SmoothingSpec(CALIBRATION_FILE, alpha),
+                                   int8_fp32_layers=fp32_layers,
                                    precision=precision or spec.precision,
                                    card={**spec.card, "int8_calibration": card})
 
@@ -93,5 +121,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=13, help="held-out split and question draw (default 13)")
     p.add_argument("--alpha", type=float, default=0.75, help="SmoothQuant migration strength in [0, 1] "
                    "(default 0.75, chosen on SQuAD train questions: bench/README.md, 'int8')")
+    p.add_argument("--keep-fp32", type=int, default=4, help="int8 Linear layers kept float32: those whose "
+                   "outputs stray furthest on the calibration questions (default 4, chosen on SQuAD train "
+                   "questions: bench/README.md, 'int8'; the span head's output is kept besides)")
     p.add_argument("--precision", choices=("int8", "fp32"), help="set model.json's precision in the new version")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -12,6 +12,7 @@
      "precision": "fp32",                         # optional; the reader's, a key of precision.PRECISIONS
      "hybrid_relevance": "dense",                 # optional; a key of HYBRID_RELEVANCE
      "int8_smoothing": {"calibration": "int8_calibration.safetensors", "alpha": 0.75},  # optional
+     "int8_fp32_layers": ["qa_outputs.dense_output", ...],  # optional; Linear layers int8 keeps float32
      "default_corpus": "corpus.jsonl.gz",         # optional; the service builds an index from it if none
      "embedder_id": "3f2a...",                    # optional; the block embedder's content id, cached
      "card": {...}}                               # where the weights came from
@@ -33,7 +34,10 @@ checkpoints keep ``"dense"``.
 
 ``int8_smoothing`` (written by ``realmqa calibrate-int8``) is used only when the reader runs in int8: each
 int8 Linear's inputs are smoothed by SmoothQuant's per-channel factors from the calibration file's activation
-ranges (:class:`realm_core.precision.Smoothing`); fp32 ignores it.
+ranges (:class:`realm_core.precision.Smoothing`); fp32 ignores it. So is ``int8_fp32_layers``: the reader's
+Linear layers (module names) that int8 keeps float32 (default
+:data:`realm_core.precision.INT8_FP32_LAYERS`, the span head's output), which ``realmqa calibrate-int8`` sets
+to those whose int8 outputs strayed furthest on its calibration questions.
 
 Embedder ``source`` values are keys of ``EMBEDDER_SOURCES``. A ``path`` is relative to the version
 directory, absolute, or ``python-package:<module>/<subdir>`` for files shipped inside an installed
@@ -54,7 +58,7 @@ from realm_core.bert import BertConfig
 from realm_core.checkpoint import load_mapped, load_safetensors
 from realm_core.embedder import Embedder, EmbedderConfig, load_sentence_transformer
 from realm_core.model_spec import EMBEDDER_FILES, EmbedderSpec, ModelDirError, ModelSpec, resolve_path
-from realm_core.precision import PrecisionError, Smoothing, apply_precision
+from realm_core.precision import INT8_FP32_LAYERS, Int8Plan, PrecisionError, Smoothing, apply_precision
 from realm_core.reader import SpanReader, reader_config_from_dict
 from realm_core.tokenizer import TRUNCATIONS, Pieces, WordPieceTokenizer
 
@@ -150,12 +154,13 @@ def load_model_dir(root: str | Path, name: str, version: int, precision: str | N
         for m in {id(query.embedder): query.embedder, id(block.embedder): block.embedder}.values():
             m.float().eval()
         chosen = precision or spec.precision
-        smoothing = None
-        if chosen == "int8" and spec.int8_smoothing is not None:
-            smoothing = Smoothing(load_safetensors(root / spec.int8_smoothing.calibration),
-                                  spec.int8_smoothing.alpha)
+        plan = None
+        if chosen == "int8":
+            smoothing = None if spec.int8_smoothing is None else Smoothing(
+                load_safetensors(root / spec.int8_smoothing.calibration), spec.int8_smoothing.alpha)
+            plan = Int8Plan(spec.int8_fp32_layers or INT8_FP32_LAYERS, smoothing)
         try:
-            reader = apply_precision(reader, chosen, smoothing)
+            reader = apply_precision(reader, chosen, plan)
         except PrecisionError as e:
             where = "the precision setting" if precision else "model.json precision"
             raise ModelDirError(f"{root}: {where}: {e}") from None

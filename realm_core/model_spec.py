@@ -141,6 +141,14 @@ def _int8_smoothing(d: Any, where: str) -> Int8SmoothingSpec | None:
     return Int8SmoothingSpec(d["calibration"], float(alpha))
 
 
+def _int8_fp32_layers(d: Any, where: str) -> tuple[str, ...] | None:
+    if d is None:
+        return None
+    if not isinstance(d, list) or not all(isinstance(x, str) and x for x in d):
+        raise ModelDirError(f"{where} int8_fp32_layers must be a list of Linear module names, not {d!r}")
+    return tuple(d)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """The contents of ``model.json`` (see :mod:`realm_core.model_dir` for the meaning of each field)."""
@@ -158,6 +166,8 @@ class ModelSpec:
     precision: str = "fp32"  # the reader's: a key of realm_core.precision.PRECISIONS
     hybrid_relevance: str = "dense"  # the relevance score the reader adds on a hybrid index: dense | fused
     int8_smoothing: Int8SmoothingSpec | None = None  # the int8 reader's calibration; None: plain int8
+    # Linear layers the int8 reader keeps float32; None: realm_core.precision.INT8_FP32_LAYERS
+    int8_fp32_layers: tuple[str, ...] | None = None
     default_corpus: str | None = None  # corpus the service builds an index from when none exists
     embedder_id: str | None = None  # cached block embedder id (see block_embedder_id)
     card: dict[str, Any] = field(default_factory=dict)
@@ -199,6 +209,7 @@ class ModelSpec:
                 precision=str(d.get("precision", "fp32")),
                 hybrid_relevance=str(d.get("hybrid_relevance", "dense")),
                 int8_smoothing=_int8_smoothing(d.get("int8_smoothing"), where),
+                int8_fp32_layers=_int8_fp32_layers(d.get("int8_fp32_layers"), where),
                 default_corpus=d.get("default_corpus"), embedder_id=d.get("embedder_id"),
                 card=dict(d.get("card") or {}), extra={k: v for k, v in d.items() if k not in known})
         except KeyError as e:
@@ -236,6 +247,8 @@ class ModelSpec:
             d["hybrid_relevance"] = self.hybrid_relevance
         if self.int8_smoothing is not None:
             d["int8_smoothing"] = dataclasses.asdict(self.int8_smoothing)
+        if self.int8_fp32_layers is not None:
+            d["int8_fp32_layers"] = list(self.int8_fp32_layers)
         for k in ("default_corpus", "embedder_id"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)

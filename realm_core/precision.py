@@ -4,7 +4,9 @@
 - ``int8``: dynamic int8 Linear layers on the CPU (:func:`quantize_int8`): each self-attention's query/key/value
   stacked into one Linear, then every Linear of the reader an :class:`Int8Linear` (weights int8 per output
   channel with scales that keep fbgemm's AVX2 int16 pair sums exact, :func:`int8_weight`; activations quantised
-  to all 8 bits per tensor at each call) except :data:`INT8_FP32_LAYERS`; embeddings, LayerNorms, attention's
+  to all 8 bits per tensor at each call) except the layers an :class:`Int8Plan` keeps float32 (by default
+  :data:`INT8_FP32_LAYERS`; model.json's ``int8_fp32_layers``, chosen by ``realmqa calibrate-int8`` as the
+  layers whose int8 outputs stray furthest, :func:`int8_layer_errors`); embeddings, LayerNorms, attention's
   softmax and the span head's sums stay float32. With a calibration (:class:`Smoothing`, model.json's
   ``int8_smoothing``, written by ``realmqa calibrate-int8``) each Linear's input channels are first divided by
   SmoothQuant's per-channel factors and its weight's columns multiplied by them (Xiao et al. 2023,
@@ -37,7 +39,7 @@ class PrecisionError(ValueError):
     """A precision that is unknown or that this machine cannot run."""
 
 
-def _fp32(reader: SpanReader, smoothing: Smoothing | None = None) -> SpanReader:
+def _fp32(reader: SpanReader) -> SpanReader:
     return reader.float()
 
 
@@ -146,6 +148,20 @@ class Smoothing:
         return (a.clamp_min(eps) ** self.alpha / w.clamp_min(eps) ** (1 - self.alpha)).clamp(eps, 1 / eps)
 
 
+@dataclass(frozen=True)
+class Int8Plan:
+    """How a reader runs in int8 (model.json ``int8_fp32_layers`` and ``int8_smoothing``).
+
+    Attributes:
+        fp32_layers: Linear module names kept float32 (a stacked projection is
+            ``realm.encoder.layer.N.attention.self.qkv``).
+        smoothing: SmoothQuant's calibration, or None: plain per-tensor activations.
+    """
+
+    fp32_layers: tuple[str, ...] = INT8_FP32_LAYERS
+    smoothing: Smoothing | None = None
+
+
 @torch.no_grad()
 def calibrate_int8(reader: SpanReader, run: Callable[[SpanReader], object],
                    fp32_layers: Sequence[str] = INT8_FP32_LAYERS) -> dict[str, torch.Tensor]:
@@ -186,6 +202,56 @@ def calibrate_int8(reader: SpanReader, run: Callable[[SpanReader], object],
     return amax
 
 
+@torch.no_grad()
+def int8_layer_errors(reader: SpanReader, run: Callable[[SpanReader], object], plan: Int8Plan) -> dict[str, float]:
+    """How far each int8 Linear's output strays from float32 on the inputs it meets: the mean over its calls of
+    ‖y_int8 − y_fp32‖ / ‖y_fp32‖ (Frobenius norms over the call's tokens × outputs), where y_fp32 is the float
+    layer on the very input the int8 one received (so errors of earlier layers do not count again).
+
+    Args:
+        reader: a float32 reader (not changed: a copy is quantised by ``plan`` and run).
+        run: reads the calibration questions with the reader it is given (as for :func:`calibrate_int8`).
+        plan: the int8 layout measured.
+
+    Returns:
+        int8 Linear name → relative error (unitless, ≥ 0), largest first.
+
+    Raises:
+        PrecisionError: as :func:`quantize_int8`, or ``run`` never called an int8 layer.
+    """
+    floats = copy.deepcopy(reader).float().eval()
+    stack_qkv(floats)
+    linears = {n: m for n, m in floats.named_modules() if type(m) is nn.Linear}
+    q = quantize_int8(copy.deepcopy(reader), plan.fp32_layers, plan.smoothing).eval()
+    sums: dict[str, list[float]] = {}
+    inputs: dict[str, torch.Tensor] = {}
+
+    def before(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+        def keep(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            inputs[name] = args[0].clone()  # an in-place smoothing layer overwrites its input
+        return keep
+
+    def after(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+        def measure(_: nn.Module, __: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            ref = linears[name](inputs.pop(name))
+            sums.setdefault(name, []).append(((out - ref).norm() / ref.norm().clamp_min(1e-12)).item())
+        return measure
+
+    handles = []
+    for name, m in q.named_modules():
+        if isinstance(m, Int8Linear):
+            handles += [m.register_forward_pre_hook(before(name)), m.register_forward_hook(after(name))]
+    try:
+        run(q)
+    finally:
+        for h in handles:
+            h.remove()
+    if not sums:
+        raise PrecisionError("the calibration run never called an int8 layer")
+    errors = {n: sum(v) / len(v) for n, v in sums.items()}
+    return dict(sorted(errors.items(), key=lambda kv: -kv[1]))
+
+
 def stack_qkv(reader: SpanReader) -> None:
     """Each self-attention's query, key and value Linear → one Linear of 3C outputs (``BertSelfAttention.qkv``),
     so that int8 quantises a layer's input once instead of three times."""
@@ -218,7 +284,7 @@ def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAY
     linears = {n: m for n, m in reader.named_modules() if type(m) is nn.Linear}
     unknown = sorted(set(fp32_layers) - set(linears))
     if unknown:
-        raise PrecisionError(f"int8 fp32 layers {unknown} are not Linear layers of the reader")
+        raise PrecisionError(f"int8_fp32_layers {unknown} are not Linear layers of the reader")
     if smoothing is not None and (extra := sorted(set(smoothing.input_amax) - set(linears))):
         raise PrecisionError(f"int8 calibration names layers the reader lacks: {extra[:3]}")
     for name, linear in linears.items():
@@ -231,12 +297,8 @@ def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAY
     return reader
 
 
-def _int8(reader: SpanReader, smoothing: Smoothing | None = None) -> SpanReader:
-    return quantize_int8(reader, smoothing=smoothing)
-
-
-def _cuda(dtype: torch.dtype) -> Callable[..., SpanReader]:
-    def to(reader: SpanReader, smoothing: Smoothing | None = None) -> SpanReader:
+def _cuda(dtype: torch.dtype) -> Callable[[SpanReader], SpanReader]:
+    def to(reader: SpanReader) -> SpanReader:
         if not torch.cuda.is_available():
             raise PrecisionError(f"{dtype} needs a CUDA device and torch sees none")
         return reader.to(device="cuda", dtype=dtype)
@@ -244,22 +306,26 @@ def _cuda(dtype: torch.dtype) -> Callable[..., SpanReader]:
     return to
 
 
-# precision name → how a float32 reader becomes one (eval mode kept); int8 alone uses a smoothing.
-PRECISIONS: dict[str, Callable[..., SpanReader]] = {
+# precision name → how a float32 reader becomes one (eval mode kept); int8 is laid out by an Int8Plan
+PRECISIONS: dict[str, Callable[[SpanReader], SpanReader]] = {
     "fp32": _fp32,
-    "int8": _int8,
+    "int8": quantize_int8,
     "fp16": _cuda(torch.float16),
     "bf16": _cuda(torch.bfloat16),
 }
 
 
-def apply_precision(reader: SpanReader, precision: str, smoothing: Smoothing | None = None) -> SpanReader:
-    """The reader in ``precision`` (the module may be changed in place); ``smoothing`` applies to int8 only.
+def apply_precision(reader: SpanReader, precision: str, int8: Int8Plan | None = None) -> SpanReader:
+    """The reader in ``precision`` (the module may be changed in place); ``int8``: the int8 layout (None: the
+    default plan, :data:`INT8_FP32_LAYERS` float32 and no smoothing), ignored by the other precisions.
 
     Raises:
         PrecisionError: an unknown precision, or one this machine cannot run (int8 without a quantized engine,
-            fp16/bf16 without CUDA).
+            fp16/bf16 without CUDA), or an ``int8`` plan that does not fit the reader (:func:`quantize_int8`).
     """
     if precision not in PRECISIONS:
         raise PrecisionError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
-    return PRECISIONS[precision](reader, smoothing).eval()
+    if precision == "int8":
+        plan = int8 or Int8Plan()
+        return quantize_int8(reader, plan.fp32_layers, plan.smoothing).eval()
+    return PRECISIONS[precision](reader).eval()

@@ -283,13 +283,16 @@ def cmd_train_retriever(a: argparse.Namespace) -> None:
 
 def cmd_calibrate_int8(a: argparse.Namespace) -> None:
     from index.home import Home
-    from realm_core.int8_calibration import calibrate, calibration_questions, publish
+    from realm_core.int8_calibration import calibrate, calibration_questions, layers_to_keep, publish
     from realm_core.model_dir import load_model_dir
     from realm_core.model_spec import ModelDirError
+    from realm_core.precision import Smoothing
     from realm_core.reader_data import load_squad
 
     if not 0 <= a.alpha <= 1:
         raise SystemExit(f"realmqa: --alpha must be in [0, 1], not {a.alpha}")
+    if a.keep_fp32 < 0:
+        raise SystemExit(f"realmqa: --keep-fp32 must be at least 0, not {a.keep_fp32}")
     if a.threads:
         import torch
 
@@ -303,11 +306,15 @@ def cmd_calibrate_int8(a: argparse.Namespace) -> None:
     except (ValueError, LookupError, OSError) as e:  # ModelDirError is a ValueError
         raise SystemExit(f"realmqa: {e}") from None
     amax = calibrate(model, items)
+    keep, errors = layers_to_keep(model, items, Smoothing(amax, a.alpha), a.keep_fp32)
+    kept = ", ".join(f"{n} ({errors[n]:.4f})" for n in keep if n in errors) or "none"
     card = (f"SmoothQuant (arXiv:2211.10438) input ranges of {len(amax)} Linear layers on {len(items)} "
             f"{Path(a.squad).name} training questions with their gold paragraphs (seed {a.seed}, "
-            f"{a.heldout_questions} held-out questions' articles left out), alpha {a.alpha}; base {model.ref}")
+            f"{a.heldout_questions} held-out questions' articles left out), alpha {a.alpha}; kept float32 besides "
+            f"the span head's output, the {a.keep_fp32} int8 layers whose outputs strayed furthest (relative "
+            f"error): {kept}; base {model.ref}")
     try:
-        out = publish(base, home.models_dir, name, amax, a.alpha, a.precision, card)
+        out = publish(base, home.models_dir, name, amax, a.alpha, keep, a.precision, card)
     except (ModelDirError, OSError) as e:
         raise SystemExit(f"realmqa: {e}") from None
     print(f"{name}/{out.name}")

@@ -44,7 +44,7 @@ def held_out_questions(n: int, question: int = 0) -> list[tuple[str, str, list[s
 def copy_model_with(tmp_path: Path, **fields: object) -> Path:
     """``tmp_path/m``: the bundled model version 1 with ``fields`` changed in model.json (its other files linked)."""
     d = tmp_path / "m"
-    d.mkdir()
+    d.mkdir(parents=True)
     for f in BUNDLED_MODEL.iterdir():
         if f.name != "model.json":
             (d / f.name).symlink_to(f)

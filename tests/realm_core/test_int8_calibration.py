@@ -1,7 +1,9 @@
 """realm_core.precision's SmoothQuant smoothing and realm_core.int8_calibration (``realmqa calibrate-int8``):
 the factors of SmoothQuant's eq. 4, input ranges recorded from the real reader, model.json ``int8_smoothing``
-loaded or refused by field, the command publishing a new model version, and the shipped default's calibrated
-int8 reader agreeing with fp32 on ≥ 95% of a fixed held-out question set."""
+loaded or refused by field, each int8 layer's output error measured against its float self, model.json
+``int8_fp32_layers``, the command publishing a new model version with the layers that strayed furthest kept
+float32, and the shipped default's calibrated int8 reader agreeing with fp32 on ≥ 95% of a fixed held-out
+question set."""
 
 from __future__ import annotations
 
@@ -17,7 +19,16 @@ from torch import nn
 from index.home import Home
 from realm_core.model_dir import ModelDirError, load_model_dir
 from realm_core.model_spec import ModelSpec
-from realm_core.precision import INT8_FP32_LAYERS, Int8Linear, PrecisionError, Smoothing, calibrate_int8
+from realm_core.precision import (
+    INT8_FP32_LAYERS,
+    Int8Linear,
+    Int8Plan,
+    PrecisionError,
+    Smoothing,
+    calibrate_int8,
+    int8_layer_errors,
+    stack_qkv,
+)
 from tests.conftest import BUNDLED_HOME, BUNDLED_MODEL, copy_model_with, held_out_questions
 
 HELDOUT = BUNDLED_HOME / "heldout" / "squad-train-heldout.json"
@@ -115,6 +126,54 @@ def test_model_json_int8_smoothing_loads_or_names_the_field(tmp_path: Path) -> N
         d2.rmdir()
 
 
+def test_layer_errors_measure_each_int8_layer_against_its_float_self(tmp_path: Path) -> None:
+    """On two real questions + paragraphs: every int8 layer has an error, largest first; the first layer's
+    stacked q/k/v (whose input, the embeddings' output, int8 leaves unchanged) has exactly the relative error of
+    that one Linear quantised alone on that input; a layer the plan keeps float32 has none; model.json's
+    ``int8_fp32_layers`` keeps those layers float32 when loaded in int8, and a malformed one names the field."""
+    m = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
+    tok = m.reader_tokenizer
+    items = held_out_questions(2)
+    enc = tok.pad_pairs(tok.pair_rows(tok.pieces([q for q, _, _ in items]), tok.pieces([c for _, c, _ in items]),
+                                      m.reader_seq_len, "only_block"))
+    args = (enc.input_ids, enc.attention_mask, enc.token_type_ids)
+    amax = calibrate_int8(m.reader, lambda r: r.span_scores(*args))
+    plan = Int8Plan(INT8_FP32_LAYERS, Smoothing(amax, 0.75))
+    errors = int8_layer_errors(m.reader, lambda r: r.span_scores(*args), plan)
+    assert set(errors) == set(amax)
+    assert list(errors.values()) == sorted(errors.values(), reverse=True)
+    assert all(0 < e < 0.5 for e in errors.values()), errors
+    qkv = "realm.encoder.layer.0.attention.self.qkv"
+    floats = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1).reader
+    stack_qkv(floats)
+    lin = floats.get_submodule(qkv)
+    with torch.no_grad():
+        x = floats.realm.embeddings(enc.input_ids, enc.token_type_ids)
+        ref = lin(x)
+        alone = Int8Linear.from_linear(lin, plan.smoothing.factors(qkv, lin.weight))(x)  # type: ignore[union-attr]
+    assert errors[qkv] == pytest.approx(((alone - ref).norm() / ref.norm()).item(), rel=1e-5)
+    worst = list(errors)[:2]
+    kept = int8_layer_errors(m.reader, lambda r: r.span_scores(*args), Int8Plan(INT8_FP32_LAYERS + (worst[0],),
+                                                                                 plan.smoothing))
+    assert worst[0] not in kept and set(kept) == set(errors) - {worst[0]}
+
+    d = copy_model_with(tmp_path, precision="int8", int8_fp32_layers=[*INT8_FP32_LAYERS, *worst])
+    spec = ModelSpec.read(d)
+    assert spec.int8_fp32_layers == (*INT8_FP32_LAYERS, *worst) and ModelSpec.from_dict(spec.to_dict()) == spec
+    i8 = load_model_dir(d, "m", 1)
+    modules = dict(i8.reader.named_modules())
+    assert all(type(modules[n]) is nn.Linear for n in (*INT8_FP32_LAYERS, *worst))
+    assert sum(isinstance(x, Int8Linear) for x in modules.values()) == len(errors) - 2
+    assert not any(isinstance(x, Int8Linear) for x in load_model_dir(d, "m", 1, precision="fp32").reader.modules())
+    for i, bad in enumerate(("qa_outputs.dense_output", [""], [3])):
+        d = copy_model_with(tmp_path / str(i), int8_fp32_layers=bad)
+        with pytest.raises(ModelDirError, match="int8_fp32_layers must be a list of Linear module names"):
+            ModelSpec.read(d)
+    d = copy_model_with(tmp_path / "nope", precision="int8", int8_fp32_layers=["realm.nope"])
+    with pytest.raises(ModelDirError, match=r"model.json precision: int8_fp32_layers \['realm.nope'\] are not"):
+        load_model_dir(d, "m", 1)
+
+
 def test_calibrate_int8_command_publishes_a_new_version(tmp_path: Path) -> None:
     """``realmqa calibrate-int8`` on a SQuAD-format file (the repository's held-out questions, none held out
     again): a new version with the base's files, the calibration and model.json naming it, served in int8."""
@@ -123,7 +182,7 @@ def test_calibrate_int8_command_publishes_a_new_version(tmp_path: Path) -> None:
     (home / "models" / "minilm-squad" / "1").symlink_to(BUNDLED_MODEL)
     out = subprocess.run([sys.executable, "-m", "service.cli", "calibrate-int8", "--home", str(home), "--model",
                           "minilm-squad/1", "--squad", str(HELDOUT), "--heldout-questions", "0",
-                          "--questions", "16", "--precision", "int8", "--threads", "1"],
+                          "--questions", "16", "--keep-fp32", "2", "--precision", "int8", "--threads", "1"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "minilm-squad/2"
@@ -131,10 +190,14 @@ def test_calibrate_int8_command_publishes_a_new_version(tmp_path: Path) -> None:
     spec = ModelSpec.read(v2)
     assert (spec.precision, spec.int8_smoothing and spec.int8_smoothing.alpha) == ("int8", 0.75)
     assert "16 squad-train-heldout.json training questions" in spec.card["int8_calibration"]
+    assert spec.int8_fp32_layers is not None and len(spec.int8_fp32_layers) == 3
+    assert spec.int8_fp32_layers[0] == INT8_FP32_LAYERS[0]
+    assert all(n in spec.card["int8_calibration"] for n in spec.int8_fp32_layers[1:])
     assert (v2 / "reader.safetensors").read_bytes() == (BUNDLED_MODEL / "reader.safetensors").read_bytes()
     m = load_model_dir(v2, "minilm-squad", 2)
     assert m.precision == "int8" and all(x.input_scale is not None for x in m.reader.modules()
                                          if isinstance(x, Int8Linear))
+    assert all(type(m.reader.get_submodule(n)) is nn.Linear for n in spec.int8_fp32_layers)
     bad = subprocess.run([sys.executable, "-m", "service.cli", "calibrate-int8", "--home", str(home), "--model",
                           "minilm-squad/9", "--squad", str(HELDOUT)], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "minilm-squad/9" in bad.stderr

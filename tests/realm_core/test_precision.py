@@ -137,7 +137,7 @@ def test_int8_fp32_layers_are_named_modules() -> None:
     keep = ("realm.encoder.layer.5.output.dense", "qa_outputs.dense_output")
     q = quantize_int8(m.reader, keep)
     assert {n for n, x in q.named_modules() if type(x) is nn.Linear} == set(keep)
-    with pytest.raises(PrecisionError, match=r"int8 fp32 layers \['realm.nope'\] are not Linear layers"):
+    with pytest.raises(PrecisionError, match=r"int8_fp32_layers \['realm.nope'\] are not Linear layers"):
         quantize_int8(load_model_dir(BUNDLED_MODEL, "minilm-squad", 1).reader, ("realm.nope",))
 
 

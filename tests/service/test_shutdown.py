@@ -49,7 +49,7 @@ def test_sigterm_drains_queued_requests(tmp_path: Path) -> None:
         assert statuses == [200] * len(qs)
         # uvicorn re-raises the captured SIGTERM once shut down, so the exit is "killed by SIGTERM", cleanly
         assert proc.wait(60) in (0, -signal.SIGTERM)
-        assert proc.stdout is not None and "Application shutdown complete" in proc.stdout.read()
+        assert "Application shutdown complete" in proc.output()
     finally:
         if proc.poll() is None:
             proc.kill()
