@@ -15,8 +15,10 @@ layer's on the same input (:func:`realm_core.precision.int8_layer_errors`); the 
 stray furthest stay float32 (mixed precision: on the bundled reader the feed-forward outputs, whose inputs are
 GELU's heavy-tailed activations, lead; keeping 4 of them halved the held-out answers that differ from fp32's,
 bench/README.md "int8"). It publishes ``<model>/<next>``: the base version's files,
-``int8_calibration.safetensors`` and model.json with ``int8_smoothing`` and ``int8_fp32_layers`` (and
-``precision`` set with ``--precision``). fp32 readers ignore both::
+``int8_calibration.safetensors`` and model.json with ``int8_smoothing``, ``int8_fp32_layers`` and
+``int8_activations`` (``--activations``: ``static`` by default, each layer's input quantised on its calibrated
+range so that an answer does not depend on the batch) (and ``precision`` set with ``--precision``). fp32
+readers ignore them::
 
     realmqa calibrate-int8 --home service/default --model minilm-squad/4 \\
         --squad train-v1.1.json.gz --questions 128 --alpha 0.75 --keep-fp32 4
@@ -37,7 +39,14 @@ from realm_core import qa
 from realm_core.checkpoint import save_safetensors_atomic
 from realm_core.model_dir import QAModel
 from realm_core.model_spec import Int8SmoothingSpec, ModelSpec, publish_model_version
-from realm_core.precision import INT8_FP32_LAYERS, Int8Plan, Smoothing, calibrate_int8, int8_layer_errors
+from realm_core.precision import (
+    INT8_ACTIVATIONS,
+    INT8_FP32_LAYERS,
+    Int8Plan,
+    Smoothing,
+    calibrate_int8,
+    int8_layer_errors,
+)
 from realm_core.reader import SpanReader
 from realm_core.reader_data import split_heldout
 
@@ -82,28 +91,30 @@ def calibrate(model: QAModel, items: list[tuple[str, str]], batch_size: int = 32
 
 
 def layers_to_keep(model: QAModel, items: list[tuple[str, str]], smoothing: Smoothing, keep: int,
-                   batch_size: int = 32) -> tuple[tuple[str, ...], dict[str, float]]:
+                   activations: str = "dynamic", batch_size: int = 32) -> tuple[tuple[str, ...], dict[str, float]]:
     """The Linear layers the int8 reader keeps float32: :data:`realm_core.precision.INT8_FP32_LAYERS` and the
     ``keep`` int8 layers whose outputs stray furthest from float32 on ``items``
-    (:func:`realm_core.precision.int8_layer_errors` with ``smoothing``), and every layer's error.
+    (:func:`realm_core.precision.int8_layer_errors` with ``smoothing`` and ``activations``), and every layer's
+    error.
 
     Raises:
         ValueError: ``keep`` < 0.
     """
     if keep < 0:
         raise ValueError(f"keep-fp32 must be at least 0, not {keep}")
-    errors = int8_layer_errors(model.reader, _reads(model, items, batch_size), Int8Plan(INT8_FP32_LAYERS, smoothing))
+    errors = int8_layer_errors(model.reader, _reads(model, items, batch_size),
+                               Int8Plan(INT8_FP32_LAYERS, smoothing, activations))
     return INT8_FP32_LAYERS + tuple(list(errors)[:keep]), errors
 
 
 def publish(base: Path, models_dir: Path, name: str, amax: dict[str, torch.Tensor], alpha: float,
-            fp32_layers: tuple[str, ...], precision: str | None, card: str) -> Path:
-    """``models_dir/name/<next>``: the base's files, the calibration and model.json naming it and
-    ``fp32_layers`` (and ``precision`` when given). Returns the version directory."""
+            fp32_layers: tuple[str, ...], activations: str, precision: str | None, card: str) -> Path:
+    """``models_dir/name/<next>``: the base's files, the calibration and model.json naming it,
+    ``fp32_layers`` and ``activations`` (and ``precision`` when given). Returns the version directory."""
     def write(staging: Path, spec: ModelSpec) -> ModelSpec:
         save_safetensors_atomic(amax, staging / CALIBRATION_FILE)
         return dataclasses.replace(spec, int8_smoothing=Int8SmoothingSpec(CALIBRATION_FILE, alpha),
-                                   int8_fp32_layers=fp32_layers,
+                                   int8_fp32_layers=fp32_layers, int8_activations=activations,
                                    precision=precision or spec.precision,
                                    card={**spec.card, "int8_calibration": card})
 
@@ -124,5 +135,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-fp32", type=int, default=4, help="int8 Linear layers kept float32: those whose "
                    "outputs stray furthest on the calibration questions (default 4, chosen on SQuAD train "
                    "questions: bench/README.md, 'int8'; the span head's output is kept besides)")
+    p.add_argument("--activations", choices=INT8_ACTIVATIONS, default="static", help="int8_activations of the new "
+                   "version: 'static' (each layer's input on its calibrated range: answers independent of the "
+                   "batch; the default) or 'dynamic' (per call)")
     p.add_argument("--precision", choices=("int8", "fp32"), help="set model.json's precision in the new version")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

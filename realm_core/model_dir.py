@@ -13,6 +13,7 @@
      "hybrid_relevance": "dense",                 # optional; a key of HYBRID_RELEVANCE
      "int8_smoothing": {"calibration": "int8_calibration.safetensors", "alpha": 0.75},  # optional
      "int8_fp32_layers": ["qa_outputs.dense_output", ...],  # optional; Linear layers int8 keeps float32
+     "int8_activations": "static",                # optional; "dynamic" (default) or "static"
      "default_corpus": "corpus.jsonl.gz",         # optional; the service builds an index from it if none
      "embedder_id": "3f2a...",                    # optional; the block embedder's content id, cached
      "card": {...}}                               # where the weights came from
@@ -37,7 +38,10 @@ int8 Linear's inputs are smoothed by SmoothQuant's per-channel factors from the 
 ranges (:class:`realm_core.precision.Smoothing`); fp32 ignores it. So is ``int8_fp32_layers``: the reader's
 Linear layers (module names) that int8 keeps float32 (default
 :data:`realm_core.precision.INT8_FP32_LAYERS`, the span head's output), which ``realmqa calibrate-int8`` sets
-to those whose int8 outputs strayed furthest on its calibration questions.
+to those whose int8 outputs strayed furthest on its calibration questions; and ``int8_activations``: how int8
+quantises each layer's input, ``"dynamic"`` (per call, from the input's own min/max; the default, what earlier
+versions were measured with) or ``"static"`` (on the layer's range in the calibration, so that an answer does
+not depend on the questions batched with it; needs ``int8_smoothing``).
 
 Embedder ``source`` values are keys of ``EMBEDDER_SOURCES``. A ``path`` is relative to the version
 directory, absolute, or ``python-package:<module>/<subdir>`` for files shipped inside an installed
@@ -58,7 +62,14 @@ from realm_core.bert import BertConfig
 from realm_core.checkpoint import load_mapped, load_safetensors
 from realm_core.embedder import Embedder, EmbedderConfig, load_sentence_transformer
 from realm_core.model_spec import EMBEDDER_FILES, EmbedderSpec, ModelDirError, ModelSpec, resolve_path
-from realm_core.precision import INT8_FP32_LAYERS, Int8Plan, PrecisionError, Smoothing, apply_precision
+from realm_core.precision import (
+    INT8_ACTIVATIONS,
+    INT8_FP32_LAYERS,
+    Int8Plan,
+    PrecisionError,
+    Smoothing,
+    apply_precision,
+)
 from realm_core.reader import SpanReader, reader_config_from_dict
 from realm_core.tokenizer import TRUNCATIONS, Pieces, WordPieceTokenizer
 
@@ -154,11 +165,14 @@ def load_model_dir(root: str | Path, name: str, version: int, precision: str | N
         for m in {id(query.embedder): query.embedder, id(block.embedder): block.embedder}.values():
             m.float().eval()
         chosen = precision or spec.precision
+        if spec.int8_activations not in INT8_ACTIVATIONS:
+            raise ModelDirError(f"model.json int8_activations {spec.int8_activations!r} is not one of "
+                                f"{list(INT8_ACTIVATIONS)}")
         plan = None
         if chosen == "int8":
             smoothing = None if spec.int8_smoothing is None else Smoothing(
                 load_safetensors(root / spec.int8_smoothing.calibration), spec.int8_smoothing.alpha)
-            plan = Int8Plan(spec.int8_fp32_layers or INT8_FP32_LAYERS, smoothing)
+            plan = Int8Plan(spec.int8_fp32_layers or INT8_FP32_LAYERS, smoothing, spec.int8_activations)
         try:
             reader = apply_precision(reader, chosen, plan)
         except PrecisionError as e:

@@ -168,6 +168,7 @@ class ModelSpec:
     int8_smoothing: Int8SmoothingSpec | None = None  # the int8 reader's calibration; None: plain int8
     # Linear layers the int8 reader keeps float32; None: realm_core.precision.INT8_FP32_LAYERS
     int8_fp32_layers: tuple[str, ...] | None = None
+    int8_activations: str = "dynamic"  # a key of realm_core.precision.INT8_ACTIVATIONS
     default_corpus: str | None = None  # corpus the service builds an index from when none exists
     embedder_id: str | None = None  # cached block embedder id (see block_embedder_id)
     card: dict[str, Any] = field(default_factory=dict)
@@ -210,6 +211,7 @@ class ModelSpec:
                 hybrid_relevance=str(d.get("hybrid_relevance", "dense")),
                 int8_smoothing=_int8_smoothing(d.get("int8_smoothing"), where),
                 int8_fp32_layers=_int8_fp32_layers(d.get("int8_fp32_layers"), where),
+                int8_activations=str(d.get("int8_activations", "dynamic")),
                 default_corpus=d.get("default_corpus"), embedder_id=d.get("embedder_id"),
                 card=dict(d.get("card") or {}), extra={k: v for k, v in d.items() if k not in known})
         except KeyError as e:
@@ -249,6 +251,8 @@ class ModelSpec:
             d["int8_smoothing"] = dataclasses.asdict(self.int8_smoothing)
         if self.int8_fp32_layers is not None:
             d["int8_fp32_layers"] = list(self.int8_fp32_layers)
+        if self.int8_activations != "dynamic":  # written only when set, as hybrid_relevance
+            d["int8_activations"] = self.int8_activations
         for k in ("default_corpus", "embedder_id"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)

@@ -11,7 +11,12 @@
   ``int8_smoothing``, written by ``realmqa calibrate-int8``) each Linear's input channels are first divided by
   SmoothQuant's per-channel factors and its weight's columns multiplied by them (Xiao et al. 2023,
   arXiv:2211.10438, §4), which moves activation outliers into the weights before the per-tensor activation
-  step. Built on ``torch.ao.nn.quantized.dynamic.Linear`` and ``quantized::linear_dynamic`` (fbgemm):
+  step. Activations are quantised either per call from the input's own min/max (``"dynamic"``, the default) or,
+  with a calibration, on a fixed range per layer (``"static"``, model.json ``int8_activations``): each token is
+  then quantised the same way whatever else is in the reader pass, so a question's int8 answer does not depend
+  on the questions batched with it (with dynamic scales it changed on ~4% of questions between batch 1 and 32,
+  bench/README.md "int8"). Built on ``torch.ao.nn.quantized.dynamic.Linear``, ``quantized::linear_dynamic`` and
+  ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32`` (fbgemm):
   ``torch.ao.quantization`` warns that it is deprecated in favour of torchao, but torchao 0.18's
   ``Int8DynamicActivationInt8WeightConfig`` ran 25× slower here (no int8 CPU kernel for that path), so the
   eager modules stay until torchao has one (see bench/README.md).
@@ -94,6 +99,9 @@ class Int8Linear(nnqd.Linear):  # type: ignore[misc]
     """
 
     input_scale: torch.Tensor | None = None  # (in_features,) 1 / s, or None: no smoothing
+    # static activations: the largest |value| of the (smoothed) input on the calibration questions; the input is
+    # quantised on [−range, range] (uint8, zero point 128) at every call; None: dynamic (per call, all 8 bits)
+    input_range: float | None = None
     # smooth the input in place: set (by quantize_int8) only where the input is a temporary that nothing else
     # reads (the feed-forward's intermediate activation), which saves a (tokens, 4C) copy per call
     smooth_in_place: bool = False
@@ -113,6 +121,9 @@ class Int8Linear(nnqd.Linear):  # type: ignore[misc]
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
             x = x.mul_(self.input_scale) if self.smooth_in_place else x * self.input_scale
+        if self.input_range is not None:
+            return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(  # type: ignore[no-any-return]
+                x, 2 * self.input_range / 255, 128, self._packed_params._packed_params)
         return torch.ops.quantized.linear_dynamic(  # type: ignore[no-any-return]
             x, self._packed_params._packed_params, reduce_range=False)
 
@@ -148,6 +159,10 @@ class Smoothing:
         return (a.clamp_min(eps) ** self.alpha / w.clamp_min(eps) ** (1 - self.alpha)).clamp(eps, 1 / eps)
 
 
+# how int8 quantises a Linear's input (model.json ``int8_activations``)
+INT8_ACTIVATIONS = ("dynamic", "static")
+
+
 @dataclass(frozen=True)
 class Int8Plan:
     """How a reader runs in int8 (model.json ``int8_fp32_layers`` and ``int8_smoothing``).
@@ -156,10 +171,13 @@ class Int8Plan:
         fp32_layers: Linear module names kept float32 (a stacked projection is
             ``realm.encoder.layer.N.attention.self.qkv``).
         smoothing: SmoothQuant's calibration, or None: plain per-tensor activations.
+        activations: ``"dynamic"`` (each call's own min/max) or ``"static"`` (each layer's calibrated range:
+            :attr:`Int8Linear.input_range`).
     """
 
     fp32_layers: tuple[str, ...] = INT8_FP32_LAYERS
     smoothing: Smoothing | None = None
+    activations: str = "dynamic"  # a key of INT8_ACTIVATIONS; "static" needs a smoothing (its input ranges)
 
 
 @torch.no_grad()
@@ -222,7 +240,7 @@ def int8_layer_errors(reader: SpanReader, run: Callable[[SpanReader], object], p
     floats = copy.deepcopy(reader).float().eval()
     stack_qkv(floats)
     linears = {n: m for n, m in floats.named_modules() if type(m) is nn.Linear}
-    q = quantize_int8(copy.deepcopy(reader), plan.fp32_layers, plan.smoothing).eval()
+    q = quantize_int8(copy.deepcopy(reader), plan.fp32_layers, plan.smoothing, plan.activations).eval()
     sums: dict[str, list[float]] = {}
     inputs: dict[str, torch.Tensor] = {}
 
@@ -267,18 +285,24 @@ def stack_qkv(reader: SpanReader) -> None:
 
 
 def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAYERS,
-                  smoothing: Smoothing | None = None) -> SpanReader:
+                  smoothing: Smoothing | None = None, activations: str = "dynamic") -> SpanReader:
     """The reader (changed in place) with query/key/value stacked and every Linear layer an :class:`Int8Linear`
     except those named in ``fp32_layers`` (module names, e.g. ``qa_outputs.dense_output``; a stacked
     projection is ``realm.encoder.layer.N.attention.self.qkv``), which stay float32; with ``smoothing``, each
-    int8 layer smoothed by its SmoothQuant factors.
+    int8 layer smoothed by its SmoothQuant factors; with ``activations="static"``, each int8 layer's input
+    quantised on its calibrated range, the largest smoothed |input| of the calibration (max_j amax_j / s_j).
 
     Raises:
-        PrecisionError: no quantized CPU engine, a name in ``fp32_layers`` that is not a Linear of the reader, or
-            a ``smoothing`` that lacks a layer, has one of another width or names layers the reader lacks.
+        PrecisionError: no quantized CPU engine, a name in ``fp32_layers`` that is not a Linear of the reader,
+            a ``smoothing`` that lacks a layer, has one of another width or names layers the reader lacks, an
+            unknown ``activations``, or ``"static"`` without a ``smoothing``.
     """
     if not set(torch.backends.quantized.supported_engines) - {"none"}:
         raise PrecisionError("int8 needs a quantized CPU engine (fbgemm/x86/qnnpack), which this torch lacks")
+    if activations not in INT8_ACTIVATIONS:
+        raise PrecisionError(f"int8_activations {activations!r} is not one of {list(INT8_ACTIVATIONS)}")
+    if activations == "static" and smoothing is None:
+        raise PrecisionError("int8_activations 'static' needs a calibration (int8_smoothing): its input ranges")
     reader = reader.float()
     stack_qkv(reader)
     linears = {n: m for n, m in reader.named_modules() if type(m) is nn.Linear}
@@ -293,6 +317,8 @@ def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAY
             parent, _, child = name.rpartition(".")
             q = Int8Linear.from_linear(linear, smooth)
             q.smooth_in_place = FFN_OUTPUT.search(name) is not None  # its input is BertIntermediate's output
+            if activations == "static" and smoothing is not None and smooth is not None:
+                q.input_range = float((smoothing.input_amax[name].float() / smooth).max())
             setattr(reader.get_submodule(parent), child, q)
     return reader
 
@@ -327,5 +353,5 @@ def apply_precision(reader: SpanReader, precision: str, int8: Int8Plan | None = 
         raise PrecisionError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
     if precision == "int8":
         plan = int8 or Int8Plan()
-        return quantize_int8(reader, plan.fp32_layers, plan.smoothing).eval()
+        return quantize_int8(reader, plan.fp32_layers, plan.smoothing, plan.activations).eval()
     return PRECISIONS[precision](reader).eval()

@@ -306,15 +306,15 @@ def cmd_calibrate_int8(a: argparse.Namespace) -> None:
     except (ValueError, LookupError, OSError) as e:  # ModelDirError is a ValueError
         raise SystemExit(f"realmqa: {e}") from None
     amax = calibrate(model, items)
-    keep, errors = layers_to_keep(model, items, Smoothing(amax, a.alpha), a.keep_fp32)
+    keep, errors = layers_to_keep(model, items, Smoothing(amax, a.alpha), a.keep_fp32, a.activations)
     kept = ", ".join(f"{n} ({errors[n]:.4f})" for n in keep if n in errors) or "none"
     card = (f"SmoothQuant (arXiv:2211.10438) input ranges of {len(amax)} Linear layers on {len(items)} "
             f"{Path(a.squad).name} training questions with their gold paragraphs (seed {a.seed}, "
             f"{a.heldout_questions} held-out questions' articles left out), alpha {a.alpha}; kept float32 besides "
             f"the span head's output, the {a.keep_fp32} int8 layers whose outputs strayed furthest (relative "
-            f"error): {kept}; base {model.ref}")
+            f"error, {a.activations} activations): {kept}; activations {a.activations}; base {model.ref}")
     try:
-        out = publish(base, home.models_dir, name, amax, a.alpha, keep, a.precision, card)
+        out = publish(base, home.models_dir, name, amax, a.alpha, keep, a.activations, a.precision, card)
     except (ModelDirError, OSError) as e:
         raise SystemExit(f"realmqa: {e}") from None
     print(f"{name}/{out.name}")
