@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+from realm_core.model_dir import QAModel
 from service.settings import BUNDLED_HOME
 
 torch.set_num_threads(int(os.environ.get("REALMQA_TEST_THREADS", "2")))
@@ -39,6 +40,15 @@ def held_out_questions(n: int, question: int = 0) -> list[tuple[str, str, list[s
     items = [(p["qas"][question]["question"], p["context"], [a["text"] for a in p["qas"][question]["answers"]])
              for art in json.loads(held.read_text())["data"] for p in art["paragraphs"] if len(p["qas"]) > question]
     return items[:: len(items) // n][:n]
+
+
+def reader_inputs(m: QAModel, items: list[tuple[str, str, list[str]]]) -> tuple[torch.Tensor, ...]:
+    """(input_ids, attention_mask, token_type_ids) of ``items``' (question, gold paragraph) rows for ``m``'s
+    reader, padded to the longest: the arguments of ``SpanReader.span_scores``."""
+    tok = m.reader_tokenizer
+    enc = tok.pad_pairs(tok.pair_rows(tok.pieces([q for q, _, _ in items]), tok.pieces([c for _, c, _ in items]),
+                                      m.reader_seq_len, "only_block"))
+    return enc.input_ids, enc.attention_mask, enc.token_type_ids
 
 
 def copy_model_with(tmp_path: Path, **fields: object) -> Path:

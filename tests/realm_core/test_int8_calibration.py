@@ -31,7 +31,7 @@ from realm_core.precision import (
     int8_layer_errors,
     stack_qkv,
 )
-from tests.conftest import BUNDLED_HOME, BUNDLED_MODEL, copy_model_with, held_out_questions
+from tests.conftest import BUNDLED_HOME, BUNDLED_MODEL, copy_model_with, held_out_questions, reader_inputs
 
 HELDOUT = BUNDLED_HOME / "heldout" / "squad-train-heldout.json"
 
@@ -85,11 +85,9 @@ def test_calibration_records_each_int8_layers_input_range() -> None:
 
 def test_model_json_int8_smoothing_loads_or_names_the_field(tmp_path: Path) -> None:
     m = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
-    tok = m.reader_tokenizer
     items = held_out_questions(4, question=1)
-    enc = tok.pad_pairs(tok.pair_rows(tok.pieces([q for q, _, _ in items]), tok.pieces([c for _, c, _ in items]),
-                                      m.reader_seq_len, "only_block"))
-    amax = calibrate_int8(m.reader, lambda r: r.span_scores(enc.input_ids, enc.attention_mask, enc.token_type_ids))
+    args = reader_inputs(m, items)
+    amax = calibrate_int8(m.reader, lambda r: r.span_scores(*args))
     d = copy_model_with(tmp_path, precision="int8", int8_smoothing={"calibration": "cal.safetensors", "alpha": 0.75})
     save_file(amax, str(d / "cal.safetensors"))
     spec = ModelSpec.read(d)
@@ -101,7 +99,6 @@ def test_model_json_int8_smoothing_loads_or_names_the_field(tmp_path: Path) -> N
     # the feed-forward output layers smooth their input in place: nothing else reads it, so the scores are
     # those of copying first
     assert sum(x.smooth_in_place for x in layers) == m.reader.config.bert.num_hidden_layers
-    args = (enc.input_ids, enc.attention_mask, enc.token_type_ids)
     with torch.no_grad():
         in_place = i8.reader.span_scores(*args)[0]
         for x in layers:
@@ -134,11 +131,8 @@ def test_layer_errors_measure_each_int8_layer_against_its_float_self(tmp_path: P
     that one Linear quantised alone on that input; a layer the plan keeps float32 has none; model.json's
     ``int8_fp32_layers`` keeps those layers float32 when loaded in int8, and a malformed one names the field."""
     m = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
-    tok = m.reader_tokenizer
     items = held_out_questions(2)
-    enc = tok.pad_pairs(tok.pair_rows(tok.pieces([q for q, _, _ in items]), tok.pieces([c for _, c, _ in items]),
-                                      m.reader_seq_len, "only_block"))
-    args = (enc.input_ids, enc.attention_mask, enc.token_type_ids)
+    args = reader_inputs(m, items)
     amax = calibrate_int8(m.reader, lambda r: r.span_scores(*args))
     plan = Int8Plan(INT8_FP32_LAYERS, Smoothing(amax, 0.75))
     errors = int8_layer_errors(m.reader, lambda r: r.span_scores(*args), plan)
@@ -150,7 +144,7 @@ def test_layer_errors_measure_each_int8_layer_against_its_float_self(tmp_path: P
     stack_qkv(floats)
     lin = floats.get_submodule(qkv)
     with torch.no_grad():
-        x = floats.realm.embeddings(enc.input_ids, enc.token_type_ids)
+        x = floats.realm.embeddings(args[0], args[2])
         ref = lin(x)
         alone = Int8Linear.from_linear(lin, plan.smoothing.factors(qkv, lin.weight))(x)  # type: ignore[union-attr]
     assert errors[qkv] == pytest.approx(((alone - ref).norm() / ref.norm()).item(), rel=1e-5)
@@ -207,11 +201,9 @@ def test_static_int8_answers_a_batch_as_one_question_at_a_time(tmp_path: Path) -
     model.json ``int8_activations``
     round-trips; an unknown value, or ``"static"`` without a calibration, names the field."""
     m = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
-    tok = m.reader_tokenizer
     cal = held_out_questions(8, question=1)
-    enc = tok.pad_pairs(tok.pair_rows(tok.pieces([q for q, _, _ in cal]), tok.pieces([c for _, c, _ in cal]),
-                                      m.reader_seq_len, "only_block"))
-    amax = calibrate_int8(m.reader, lambda r: r.span_scores(enc.input_ids, enc.attention_mask, enc.token_type_ids))
+    args = reader_inputs(m, cal)
+    amax = calibrate_int8(m.reader, lambda r: r.span_scores(*args))
     d = copy_model_with(tmp_path, precision="int8", int8_activations="static",
                         int8_smoothing={"calibration": "cal.safetensors", "alpha": 0.75})
     save_file(amax, str(d / "cal.safetensors"))
@@ -223,6 +215,7 @@ def test_static_int8_answers_a_batch_as_one_question_at_a_time(tmp_path: Path) -
     items = held_out_questions(12)
     paragraphs = [c for _, c, _ in held_out_questions(13)][1:]
     beams = [[qa.BeamBlock(c, 0.0), qa.BeamBlock(nxt, 0.0)] for (_, c, _), nxt in zip(items, paragraphs)]
+    tok = m.reader_tokenizer
     pieces = tok.pieces([q for q, _, _ in items])
 
     def best(reading: qa.Reading) -> tuple[int, int, int, float]:

@@ -15,7 +15,7 @@ from realm_core.evaluation import exact_match
 from realm_core.model_dir import ModelDirError, QAModel, load_model_dir
 from realm_core.model_spec import ModelSpec
 from realm_core.precision import INT8_FP32_LAYERS, Int8Linear, PrecisionError, quantize_int8, stack_qkv
-from tests.conftest import BUNDLED_MODEL, copy_model_with, held_out_questions
+from tests.conftest import BUNDLED_MODEL, copy_model_with, held_out_questions, reader_inputs
 
 
 def _answers(m: QAModel, items: list[tuple[str, str, list[str]]]) -> list[qa.SpanChoice]:
@@ -119,11 +119,8 @@ def test_stacked_query_key_value_equal_three_linear_layers() -> None:
     """quantize_int8 stacks query/key/value into one Linear before quantising; in float32 the stacked reader's
     span scores equal the original's (the stacking alone changes no sum beyond float rounding)."""
     m = load_model_dir(BUNDLED_MODEL, "minilm-squad", 1)
-    tok = m.reader_tokenizer
     qs = held_out_questions(3)
-    enc = tok.pad_pairs(tok.pair_rows(tok.pieces([q for q, _, _ in qs]), tok.pieces([c for _, c, _ in qs]),
-                                      m.reader_seq_len, "only_block"))
-    args = (enc.input_ids, enc.attention_mask, enc.token_type_ids)
+    args = reader_inputs(m, qs)
     with torch.no_grad():
         ref = m.reader.span_scores(*args)[0]
         stack_qkv(m.reader)
