@@ -13,8 +13,8 @@ articles, drawn as it draws them, are left out), records every int8 Linear's inp
 again with the smoothed int8 reader and measures how far each int8 Linear's output strays from the float
 layer's on the same input (:func:`realm_core.precision.int8_layer_errors`); the ``--keep-fp32`` layers that
 stray furthest stay float32 (mixed precision: on the bundled reader the feed-forward outputs, whose inputs are
-GELU's heavy-tailed activations, lead; keeping 4 of them halved the held-out answers that differ from fp32's,
-bench/README.md "int8"). It publishes ``<model>/<next>``: the base version's files,
+GELU's heavy-tailed activations, lead; keeping 4 of them halved the answers that differ from fp32's on 800
+SQuAD training questions, bench/README.md "Mixed precision"). It publishes ``<model>/<next>``: the base version's files,
 ``int8_calibration.safetensors`` and model.json with ``int8_smoothing``, ``int8_fp32_layers`` and
 ``int8_activations`` (``--activations``: ``static`` by default, each layer's input quantised on its calibrated
 range so that an answer does not depend on the batch) (and ``precision`` set with ``--precision``). fp32

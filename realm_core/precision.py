@@ -165,12 +165,13 @@ INT8_ACTIVATIONS = ("dynamic", "static")
 
 @dataclass(frozen=True)
 class Int8Plan:
-    """How a reader runs in int8 (model.json ``int8_fp32_layers`` and ``int8_smoothing``).
+    """How a reader runs in int8 (model.json ``int8_fp32_layers``, ``int8_smoothing``, ``int8_activations``).
 
     Attributes:
         fp32_layers: Linear module names kept float32 (a stacked projection is
             ``realm.encoder.layer.N.attention.self.qkv``).
-        smoothing: SmoothQuant's calibration, or None: plain per-tensor activations.
+        smoothing: SmoothQuant's calibration (and, for static activations, the input ranges), or None: inputs
+            quantised as they are.
         activations: ``"dynamic"`` (each call's own min/max) or ``"static"`` (each layer's calibrated range:
             :attr:`Int8Linear.input_range`).
     """
@@ -317,8 +318,8 @@ def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAY
             parent, _, child = name.rpartition(".")
             q = Int8Linear.from_linear(linear, smooth)
             q.smooth_in_place = FFN_OUTPUT.search(name) is not None  # its input is BertIntermediate's output
-            if activations == "static" and smoothing is not None and smooth is not None:
-                q.input_range = float((smoothing.input_amax[name].float() / smooth).max())
+            if smooth is not None and activations == "static":  # (a smoothing is checked above for static)
+                q.input_range = float((smoothing.input_amax[name].float() / smooth).max())  # type: ignore[union-attr]
             setattr(reader.get_submodule(parent), child, q)
     return reader
 

@@ -312,7 +312,7 @@ def cmd_calibrate_int8(a: argparse.Namespace) -> None:
             f"{Path(a.squad).name} training questions with their gold paragraphs (seed {a.seed}, "
             f"{a.heldout_questions} held-out questions' articles left out), alpha {a.alpha}; kept float32 besides "
             f"the span head's output, the {a.keep_fp32} int8 layers whose outputs strayed furthest (relative "
-            f"error, {a.activations} activations): {kept}; activations {a.activations}; base {model.ref}")
+            f"error, {a.activations} activations): {kept}; base {model.ref}")
     try:
         out = publish(base, home.models_dir, name, amax, a.alpha, keep, a.activations, a.precision, card)
     except (ModelDirError, OSError) as e:
