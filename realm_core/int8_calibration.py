@@ -91,30 +91,34 @@ def calibrate(model: QAModel, items: list[tuple[str, str]], batch_size: int = 32
 
 
 def layers_to_keep(model: QAModel, items: list[tuple[str, str]], smoothing: Smoothing, keep: int,
-                   activations: str = "dynamic", batch_size: int = 32) -> tuple[tuple[str, ...], dict[str, float]]:
+                   activations: str = "dynamic", outlier_channels: int = 0, batch_size: int = 32,
+                   ) -> tuple[tuple[str, ...], dict[str, float]]:
     """The Linear layers the int8 reader keeps float32: :data:`realm_core.precision.INT8_FP32_LAYERS` and the
     ``keep`` int8 layers whose outputs stray furthest from float32 on ``items``
-    (:func:`realm_core.precision.int8_layer_errors` with ``smoothing`` and ``activations``), and every layer's
-    error.
+    (:func:`realm_core.precision.int8_layer_errors` with ``smoothing``, ``activations`` and
+    ``outlier_channels``), and every layer's error.
 
     Raises:
-        ValueError: ``keep`` < 0.
+        ValueError: ``keep`` < 0 (PrecisionError, a ValueError, for a plan that does not fit the reader).
     """
     if keep < 0:
         raise ValueError(f"keep-fp32 must be at least 0, not {keep}")
     errors = int8_layer_errors(model.reader, _reads(model, items, batch_size),
-                               Int8Plan(INT8_FP32_LAYERS, smoothing, activations))
+                               Int8Plan(INT8_FP32_LAYERS, smoothing, activations, outlier_channels))
     return INT8_FP32_LAYERS + tuple(list(errors)[:keep]), errors
 
 
 def publish(base: Path, models_dir: Path, name: str, amax: dict[str, torch.Tensor], alpha: float,
-            fp32_layers: tuple[str, ...], activations: str, precision: str | None, card: str) -> Path:
+            fp32_layers: tuple[str, ...], activations: str, precision: str | None, card: str,
+            outlier_channels: int = 0) -> Path:
     """``models_dir/name/<next>``: the base's files, the calibration and model.json naming it,
-    ``fp32_layers`` and ``activations`` (and ``precision`` when given). Returns the version directory."""
+    ``fp32_layers``, ``activations`` and ``outlier_channels`` (and ``precision`` when given). Returns the version
+    directory."""
     def write(staging: Path, spec: ModelSpec) -> ModelSpec:
         save_safetensors_atomic(amax, staging / CALIBRATION_FILE)
         return dataclasses.replace(spec, int8_smoothing=Int8SmoothingSpec(CALIBRATION_FILE, alpha),
                                    int8_fp32_layers=fp32_layers, int8_activations=activations,
+                                   int8_outlier_channels=outlier_channels,
                                    precision=precision or spec.precision,
                                    card={**spec.card, "int8_calibration": card})
 
@@ -138,5 +142,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activations", choices=INT8_ACTIVATIONS, default="static", help="int8_activations of the new "
                    "version: 'static' (each layer's input on its calibrated range: answers independent of the "
                    "batch; the default) or 'dynamic' (per call)")
+    p.add_argument("--outlier-channels", type=int, default=2, help="int8_outlier_channels of the new version: in "
+                   "each int8 feed-forward output, the input channels of largest smoothed range computed in "
+                   "float32 (default 2, chosen on SQuAD train questions: bench/README.md, 'Outlier channels')")
     p.add_argument("--precision", choices=("int8", "fp32"), help="set model.json's precision in the new version")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

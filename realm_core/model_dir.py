@@ -14,6 +14,7 @@
      "int8_smoothing": {"calibration": "int8_calibration.safetensors", "alpha": 0.75},  # optional
      "int8_fp32_layers": ["qa_outputs.dense_output", ...],  # optional; Linear layers int8 keeps float32
      "int8_activations": "static",                # optional; "dynamic" (default) or "static"
+     "int8_outlier_channels": 2,                  # optional; per feed-forward output, input channels kept fp32
      "default_corpus": "corpus.jsonl.gz",         # optional; the service builds an index from it if none
      "embedder_id": "3f2a...",                    # optional; the block embedder's content id, cached
      "card": {...}}                               # where the weights came from
@@ -41,7 +42,10 @@ Linear layers (module names) that int8 keeps float32 (default
 to those whose int8 outputs strayed furthest on its calibration questions; and ``int8_activations``: how int8
 quantises each layer's input, ``"dynamic"`` (per call, from the input's own min/max; the default, what earlier
 versions were measured with) or ``"static"`` (on the layer's range in the calibration, so that an answer does
-not depend on the questions batched with it; needs ``int8_smoothing``).
+not depend on the questions batched with it; needs ``int8_smoothing``); and ``int8_outlier_channels``: in each
+int8 feed-forward output Linear, how many input channels (those of largest smoothed range in the calibration)
+are computed in float32 beside the int8 product (:class:`realm_core.precision.Int8Plan`; default 0; needs
+``int8_smoothing``).
 
 Embedder ``source`` values are keys of ``EMBEDDER_SOURCES``. A ``path`` is relative to the version
 directory, absolute, or ``python-package:<module>/<subdir>`` for files shipped inside an installed
@@ -172,7 +176,8 @@ def load_model_dir(root: str | Path, name: str, version: int, precision: str | N
         if chosen == "int8":
             smoothing = None if spec.int8_smoothing is None else Smoothing(
                 load_safetensors(root / spec.int8_smoothing.calibration), spec.int8_smoothing.alpha)
-            plan = Int8Plan(spec.int8_fp32_layers or INT8_FP32_LAYERS, smoothing, spec.int8_activations)
+            plan = Int8Plan(spec.int8_fp32_layers or INT8_FP32_LAYERS, smoothing, spec.int8_activations,
+                            spec.int8_outlier_channels)
         try:
             reader = apply_precision(reader, chosen, plan)
         except PrecisionError as e:

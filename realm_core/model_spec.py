@@ -141,6 +141,12 @@ def _int8_smoothing(d: Any, where: str) -> Int8SmoothingSpec | None:
     return Int8SmoothingSpec(d["calibration"], float(alpha))
 
 
+def _count(d: Any, field: str, where: str) -> int:
+    if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+        raise ModelDirError(f"{where} {field} must be a whole number ≥ 0, not {d!r}")
+    return d
+
+
 def _int8_fp32_layers(d: Any, where: str) -> tuple[str, ...] | None:
     if d is None:
         return None
@@ -169,6 +175,7 @@ class ModelSpec:
     # Linear layers the int8 reader keeps float32; None: realm_core.precision.INT8_FP32_LAYERS
     int8_fp32_layers: tuple[str, ...] | None = None
     int8_activations: str = "dynamic"  # a key of realm_core.precision.INT8_ACTIVATIONS
+    int8_outlier_channels: int = 0  # per int8 feed-forward output, input channels kept float32 (Int8Plan)
     default_corpus: str | None = None  # corpus the service builds an index from when none exists
     embedder_id: str | None = None  # cached block embedder id (see block_embedder_id)
     card: dict[str, Any] = field(default_factory=dict)
@@ -212,6 +219,7 @@ class ModelSpec:
                 int8_smoothing=_int8_smoothing(d.get("int8_smoothing"), where),
                 int8_fp32_layers=_int8_fp32_layers(d.get("int8_fp32_layers"), where),
                 int8_activations=str(d.get("int8_activations", "dynamic")),
+                int8_outlier_channels=_count(d.get("int8_outlier_channels", 0), "int8_outlier_channels", where),
                 default_corpus=d.get("default_corpus"), embedder_id=d.get("embedder_id"),
                 card=dict(d.get("card") or {}), extra={k: v for k, v in d.items() if k not in known})
         except KeyError as e:
@@ -253,6 +261,8 @@ class ModelSpec:
             d["int8_fp32_layers"] = list(self.int8_fp32_layers)
         if self.int8_activations != "dynamic":  # written only when set, as hybrid_relevance
             d["int8_activations"] = self.int8_activations
+        if self.int8_outlier_channels:
+            d["int8_outlier_channels"] = self.int8_outlier_channels
         for k in ("default_corpus", "embedder_id"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)

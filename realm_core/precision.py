@@ -2,24 +2,26 @@
 
 - ``fp32``: float32 on the CPU, the default and the one REALM parity is tested in.
 - ``int8``: dynamic int8 Linear layers on the CPU (:func:`quantize_int8`): each self-attention's query/key/value
-  stacked into one Linear, then every Linear of the reader an :class:`Int8Linear` (weights int8 per output
-  channel with scales that keep fbgemm's AVX2 int16 pair sums exact, :func:`int8_weight`; activations quantised
-  to all 8 bits per tensor at each call) except the layers an :class:`Int8Plan` keeps float32 (by default
-  :data:`INT8_FP32_LAYERS`; model.json's ``int8_fp32_layers``, chosen by ``realmqa calibrate-int8`` as the
-  layers whose int8 outputs stray furthest, :func:`int8_layer_errors`); embeddings, LayerNorms, attention's
-  softmax and the span head's sums stay float32. With a calibration (:class:`Smoothing`, model.json's
-  ``int8_smoothing``, written by ``realmqa calibrate-int8``) each Linear's input channels are first divided by
-  SmoothQuant's per-channel factors and its weight's columns multiplied by them (Xiao et al. 2023,
-  arXiv:2211.10438, §4), which moves activation outliers into the weights before the per-tensor activation
-  step. Activations are quantised either per call from the input's own min/max (``"dynamic"``, the default) or,
-  with a calibration, on a fixed range per layer (``"static"``, model.json ``int8_activations``): each token is
-  then quantised the same way whatever else is in the reader pass, so a question's int8 answer does not depend
-  on the questions batched with it (with dynamic scales it changed on ~4% of questions between batch 1 and 32,
-  bench/README.md "int8"). Built on ``torch.ao.nn.quantized.dynamic.Linear``, ``quantized::linear_dynamic`` and
-  ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32`` (fbgemm):
+  stacked into one Linear, then every Linear of the reader an :class:`Int8Linear` (weights int8 per output channel
+  with scales that keep fbgemm's AVX2 int16 pair sums exact, :func:`int8_weight`; activations quantised to all 8
+  bits per tensor at each call) except the layers an :class:`Int8Plan` keeps float32 (by default
+  :data:`INT8_FP32_LAYERS`; model.json's ``int8_fp32_layers``, chosen by ``realmqa calibrate-int8`` as the layers
+  whose int8 outputs stray furthest, :func:`int8_layer_errors`); embeddings, LayerNorms, attention's softmax and
+  the span head's sums stay float32. With a calibration (:class:`Smoothing`, model.json's ``int8_smoothing``,
+  written by ``realmqa calibrate-int8``) each Linear's input channels are first divided by SmoothQuant's
+  per-channel factors and its weight's columns multiplied by them (Xiao et al. 2023, arXiv:2211.10438, §4), which
+  moves activation outliers into the weights before the per-tensor activation step. With ``outlier_channels``
+  (model.json ``int8_outlier_channels``) the few input channels of each feed-forward output whose smoothed
+  calibration range is largest are computed in float32 beside the int8 product of the others (LLM.int8's
+  decomposition, :class:`Int8Plan`). Activations are quantised either per call from the input's own min/max
+  (``"dynamic"``, the default) or, with a calibration, on a fixed range per layer (``"static"``, model.json
+  ``int8_activations``): each token is then quantised the same way whatever else is in the reader pass, so a
+  question's int8 answer does not depend on the questions batched with it (with dynamic scales it changed on ~4%
+  of questions between batch 1 and 32, bench/README.md "int8"). Built on ``torch.ao.nn.quantized.dynamic.Linear``,
+  ``quantized::linear_dynamic`` and ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32`` (fbgemm):
   ``torch.ao.quantization`` warns that it is deprecated in favour of torchao, but torchao 0.18's
-  ``Int8DynamicActivationInt8WeightConfig`` ran 25× slower here (no int8 CPU kernel for that path), so the
-  eager modules stay until torchao has one (see bench/README.md).
+  ``Int8DynamicActivationInt8WeightConfig`` ran 25× slower here (no int8 CPU kernel for that path), so the eager
+  modules stay until torchao has one (see bench/README.md).
 - ``fp16``, ``bf16``: the reader in half precision on the first CUDA device.
 
 Only the reader changes: the query embedder stays float32 so that questions meet the index built in float32.
@@ -105,13 +107,31 @@ class Int8Linear(nnqd.Linear):  # type: ignore[misc]
     # smooth the input in place: set (by quantize_int8) only where the input is a temporary that nothing else
     # reads (the feed-forward's intermediate activation), which saves a (tokens, 4C) copy per call
     smooth_in_place: bool = False
+    # outlier input channels computed in float32 (LLM.int8's decomposition): (k,) int64 channel indices, None: none
+    outliers: torch.Tensor | None = None
+    outlier_weight: torch.Tensor | None = None  # (k, out_features) float32: the float weight's columns, transposed
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, smooth: torch.Tensor | None = None) -> Int8Linear:
-        """Args: linear: the float layer; smooth: (in_features,) positive SmoothQuant factors s, or None."""
+    def from_linear(cls, linear: nn.Linear, smooth: torch.Tensor | None = None,
+                    outliers: torch.Tensor | None = None) -> Int8Linear:
+        """Args: linear: the float layer; smooth: (in_features,) positive SmoothQuant factors s, or None;
+        outliers: (k,) int64 input channels computed in float32 (their int8 weight columns are zero), or None.
+
+        Raises:
+            PrecisionError: ``outliers`` without ``smooth`` (only a smoothed layer zeroes them in its own copy of
+                the input), or a channel outside the layer's inputs.
+        """
         q = cls(linear.in_features, linear.out_features, bias_=linear.bias is not None)
         bias = None if linear.bias is None else linear.bias.detach().float()
         weight = linear.weight.detach().float()
+        if outliers is not None:
+            if smooth is None:
+                raise PrecisionError("int8 outlier channels need a calibration (int8_smoothing)")
+            if outliers.numel() and not (0 <= int(outliers.min()) and int(outliers.max()) < linear.in_features):
+                raise PrecisionError(f"int8 outlier channels outside the layer's {linear.in_features} inputs")
+            q.outliers = outliers.long()
+            q.outlier_weight = weight[:, q.outliers].t().contiguous()
+            weight = weight.index_fill(1, q.outliers, 0.0)
         if smooth is not None:
             weight = weight * smooth
             q.input_scale = (1.0 / smooth).float()
@@ -119,13 +139,21 @@ class Int8Linear(nnqd.Linear):  # type: ignore[misc]
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        O, xo = self.outliers, None
+        if O is not None:
+            xo = x.index_select(-1, O)  # before any in-place step
         if self.input_scale is not None:
             x = x.mul_(self.input_scale) if self.smooth_in_place else x * self.input_scale
-        if self.input_range is not None:
-            return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(  # type: ignore[no-any-return]
+        if self.input_range is not None:  # outlier channels are clipped to the range: their int8 weights are 0
+            y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
                 x, 2 * self.input_range / 255, 128, self._packed_params._packed_params)
-        return torch.ops.quantized.linear_dynamic(  # type: ignore[no-any-return]
-            x, self._packed_params._packed_params, reduce_range=False)
+        else:
+            if O is not None:  # (x is this layer's own copy, or a temporary: smoothing needs one)
+                x = x.index_fill_(-1, O, 0.0)  # so that they do not set the dynamic range
+            y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
+        if xo is not None and self.outlier_weight is not None:
+            y = y.add_(torch.matmul(xo, self.outlier_weight))
+        return y  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -158,6 +186,27 @@ class Smoothing:
         eps = 1e-5  # a channel never seen non-zero (or a zero weight column) keeps s near 1 instead of 0 or ∞
         return (a.clamp_min(eps) ** self.alpha / w.clamp_min(eps) ** (1 - self.alpha)).clamp(eps, 1 / eps)
 
+    def smoothed_range(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """(in_features,) float32 amax_j / s_j: each input channel's largest |value| after smoothing.
+
+        Raises:
+            PrecisionError: as :meth:`factors`.
+        """
+        return self.input_amax[name].float() / self.factors(name, weight)
+
+    def outliers(self, name: str, weight: torch.Tensor, k: int) -> torch.Tensor:
+        """(k,) int64: the ``k`` input channels of Linear ``name`` with the largest :meth:`smoothed_range`, in
+        ascending channel order (ties: the lower channel).
+
+        Raises:
+            PrecisionError: as :meth:`factors`, or ``k`` not in [0, in_features).
+        """
+        if not 0 <= k < weight.shape[1]:
+            raise PrecisionError(f"int8_outlier_channels must be in [0, {weight.shape[1]}), not {k}")
+        r = self.smoothed_range(name, weight)
+        order = sorted(range(len(r)), key=lambda j: (-float(r[j]), j))  # stable: the same channels every load
+        return torch.tensor(sorted(order[:k]), dtype=torch.long)
+
 
 # how int8 quantises a Linear's input (model.json ``int8_activations``)
 INT8_ACTIVATIONS = ("dynamic", "static")
@@ -174,11 +223,18 @@ class Int8Plan:
             quantised as they are.
         activations: ``"dynamic"`` (each call's own min/max) or ``"static"`` (each layer's calibrated range:
             :attr:`Int8Linear.input_range`).
+        outlier_channels: per int8 feed-forward output Linear, the k input channels with the largest smoothed
+            calibration range computed in float32 (model.json ``int8_outlier_channels``; 0: none; needs a
+            smoothing). LLM.int8's decomposition (Dettmers et al. 2022, arXiv:2208.07339, §3.2) with the outlier
+            set fixed by the calibration: y = int8(x_rest) W_restᵀ + x_O W_Oᵀ, the int8 part on a range without
+            the outliers. On the bundled reader one or two of the 1,536 GELU channels of layers 0–3 reach ~3× the
+            others' range (bench/README.md, "Outlier channels").
     """
 
     fp32_layers: tuple[str, ...] = INT8_FP32_LAYERS
     smoothing: Smoothing | None = None
     activations: str = "dynamic"  # a key of INT8_ACTIVATIONS; "static" needs a smoothing (its input ranges)
+    outlier_channels: int = 0  # per feed-forward output layer; > 0 needs a smoothing
 
 
 @torch.no_grad()
@@ -241,7 +297,8 @@ def int8_layer_errors(reader: SpanReader, run: Callable[[SpanReader], object], p
     floats = copy.deepcopy(reader).float().eval()
     stack_qkv(floats)
     linears = {n: m for n, m in floats.named_modules() if type(m) is nn.Linear}
-    q = quantize_int8(copy.deepcopy(reader), plan.fp32_layers, plan.smoothing, plan.activations).eval()
+    q = quantize_int8(copy.deepcopy(reader), plan.fp32_layers, plan.smoothing, plan.activations,
+                      plan.outlier_channels).eval()
     sums: dict[str, list[float]] = {}
     inputs: dict[str, torch.Tensor] = {}
 
@@ -286,17 +343,21 @@ def stack_qkv(reader: SpanReader) -> None:
 
 
 def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAYERS,
-                  smoothing: Smoothing | None = None, activations: str = "dynamic") -> SpanReader:
+                  smoothing: Smoothing | None = None, activations: str = "dynamic",
+                  outlier_channels: int = 0) -> SpanReader:
     """The reader (changed in place) with query/key/value stacked and every Linear layer an :class:`Int8Linear`
     except those named in ``fp32_layers`` (module names, e.g. ``qa_outputs.dense_output``; a stacked
     projection is ``realm.encoder.layer.N.attention.self.qkv``), which stay float32; with ``smoothing``, each
-    int8 layer smoothed by its SmoothQuant factors; with ``activations="static"``, each int8 layer's input
-    quantised on its calibrated range, the largest smoothed |input| of the calibration (max_j amax_j / s_j).
+    int8 layer smoothed by its SmoothQuant factors; with ``outlier_channels`` k > 0, each int8 feed-forward
+    output's k input channels of largest smoothed range computed in float32 (:class:`Int8Plan`); with
+    ``activations="static"``, each int8 layer's input quantised on its calibrated range, the largest smoothed
+    |input| of the calibration over its int8 channels (max_j amax_j / s_j, j not an outlier).
 
     Raises:
         PrecisionError: no quantized CPU engine, a name in ``fp32_layers`` that is not a Linear of the reader,
             a ``smoothing`` that lacks a layer, has one of another width or names layers the reader lacks, an
-            unknown ``activations``, or ``"static"`` without a ``smoothing``.
+            unknown ``activations``, ``"static"`` or ``outlier_channels`` > 0 without a ``smoothing``, or
+            ``outlier_channels`` not below a layer's width.
     """
     if not set(torch.backends.quantized.supported_engines) - {"none"}:
         raise PrecisionError("int8 needs a quantized CPU engine (fbgemm/x86/qnnpack), which this torch lacks")
@@ -304,6 +365,8 @@ def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAY
         raise PrecisionError(f"int8_activations {activations!r} is not one of {list(INT8_ACTIVATIONS)}")
     if activations == "static" and smoothing is None:
         raise PrecisionError("int8_activations 'static' needs a calibration (int8_smoothing): its input ranges")
+    if outlier_channels and smoothing is None:
+        raise PrecisionError("int8_outlier_channels needs a calibration (int8_smoothing): its input ranges")
     reader = reader.float()
     stack_qkv(reader)
     linears = {n: m for n, m in reader.named_modules() if type(m) is nn.Linear}
@@ -315,11 +378,18 @@ def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAY
     for name, linear in linears.items():
         if name not in fp32_layers:
             smooth = None if smoothing is None else smoothing.factors(name, linear.weight)
+            ffn_out = FFN_OUTPUT.search(name) is not None  # its input is BertIntermediate's output
+            outliers = None
+            if outlier_channels and ffn_out:  # (a smoothing is checked above)
+                outliers = smoothing.outliers(name, linear.weight, outlier_channels)  # type: ignore[union-attr]
             parent, _, child = name.rpartition(".")
-            q = Int8Linear.from_linear(linear, smooth)
-            q.smooth_in_place = FFN_OUTPUT.search(name) is not None  # its input is BertIntermediate's output
+            q = Int8Linear.from_linear(linear, smooth, outliers)
+            q.smooth_in_place = ffn_out
             if smooth is not None and activations == "static":  # (a smoothing is checked above for static)
-                q.input_range = float((smoothing.input_amax[name].float() / smooth).max())  # type: ignore[union-attr]
+                r = smoothing.input_amax[name].float() / smooth  # type: ignore[union-attr]
+                if outliers is not None:
+                    r = r.index_fill(0, outliers, 0.0)
+                q.input_range = float(r.max())
             setattr(reader.get_submodule(parent), child, q)
     return reader
 
@@ -354,5 +424,6 @@ def apply_precision(reader: SpanReader, precision: str, int8: Int8Plan | None = 
         raise PrecisionError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
     if precision == "int8":
         plan = int8 or Int8Plan()
-        return quantize_int8(reader, plan.fp32_layers, plan.smoothing, plan.activations).eval()
+        return quantize_int8(reader, plan.fp32_layers, plan.smoothing, plan.activations,
+                             plan.outlier_channels).eval()
     return PRECISIONS[precision](reader).eval()

@@ -293,6 +293,8 @@ def cmd_calibrate_int8(a: argparse.Namespace) -> None:
         raise SystemExit(f"realmqa: --alpha must be in [0, 1], not {a.alpha}")
     if a.keep_fp32 < 0:
         raise SystemExit(f"realmqa: --keep-fp32 must be at least 0, not {a.keep_fp32}")
+    if a.outlier_channels < 0:
+        raise SystemExit(f"realmqa: --outlier-channels must be at least 0, not {a.outlier_channels}")
     if a.threads:
         import torch
 
@@ -306,15 +308,21 @@ def cmd_calibrate_int8(a: argparse.Namespace) -> None:
     except (ValueError, LookupError, OSError) as e:  # ModelDirError is a ValueError
         raise SystemExit(f"realmqa: {e}") from None
     amax = calibrate(model, items)
-    keep, errors = layers_to_keep(model, items, Smoothing(amax, a.alpha), a.keep_fp32, a.activations)
+    try:
+        keep, errors = layers_to_keep(model, items, Smoothing(amax, a.alpha), a.keep_fp32, a.activations,
+                                      a.outlier_channels)
+    except ValueError as e:  # PrecisionError: e.g. more outlier channels than a layer has inputs
+        raise SystemExit(f"realmqa: {e}") from None
     kept = ", ".join(f"{n} ({errors[n]:.4f})" for n in keep if n in errors) or "none"
     card = (f"SmoothQuant (arXiv:2211.10438) input ranges of {len(amax)} Linear layers on {len(items)} "
             f"{Path(a.squad).name} training questions with their gold paragraphs (seed {a.seed}, "
-            f"{a.heldout_questions} held-out questions' articles left out), alpha {a.alpha}; kept float32 besides "
+            f"{a.heldout_questions} held-out questions' articles left out), alpha {a.alpha}; "
+            f"{a.outlier_channels} outlier input channels of each feed-forward output float32; kept float32 besides "
             f"the span head's output, the {a.keep_fp32} int8 layers whose outputs strayed furthest (relative "
             f"error, {a.activations} activations): {kept}; base {model.ref}")
     try:
-        out = publish(base, home.models_dir, name, amax, a.alpha, keep, a.activations, a.precision, card)
+        out = publish(base, home.models_dir, name, amax, a.alpha, keep, a.activations, a.precision, card,
+                      a.outlier_channels)
     except (ModelDirError, OSError) as e:
         raise SystemExit(f"realmqa: {e}") from None
     print(f"{name}/{out.name}")

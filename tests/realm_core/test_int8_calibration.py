@@ -1,10 +1,10 @@
-"""realm_core.precision's SmoothQuant smoothing and realm_core.int8_calibration (``realmqa calibrate-int8``):
-the factors of SmoothQuant's eq. 4, input ranges recorded from the real reader, model.json ``int8_smoothing``
-loaded or refused by field, each int8 layer's output error measured against its float self, model.json
+"""realm_core.precision's SmoothQuant smoothing and realm_core.int8_calibration (``realmqa calibrate-int8``): the
+factors of SmoothQuant's eq. 4, input ranges recorded from the real reader, model.json ``int8_smoothing`` loaded
+or refused by field, each int8 layer's output error measured against its float self, model.json
 ``int8_fp32_layers``, the command publishing a new model version with the layers that strayed furthest kept
-float32, static activations (a token's int8 result independent of the rest of its reader pass; the answers of
-a batch those of one question at a time), and the shipped default's calibrated int8 reader agreeing with fp32
-on ≥ 95% of a fixed held-out question set."""
+float32, outlier input channels computed in float32 beside the int8 product, static activations (a token's int8
+result independent of the rest of its reader pass; the answers of a batch those of one question at a time), and
+the shipped default's calibrated int8 reader agreeing with fp32 on ≥ 95% of a fixed held-out question set."""
 
 from __future__ import annotations
 
@@ -61,6 +61,53 @@ def test_smoothing_factors_follow_eq_4_and_flatten_an_outlier_channel() -> None:
         sm.factors("other", lin.weight)
     with pytest.raises(PrecisionError, match=r"'fc' has shape \(64,\), the layer 32 inputs"):
         sm.factors("fc", torch.zeros(8, 32))
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_outlier_channels_run_in_float32_beside_the_int8_product(static: bool) -> None:
+    """LLM.int8's decomposition with a fixed outlier set: the two input channels of largest smoothed range are
+    those picked; the layer's output is exactly an int8 layer's on the other channels (the outliers zeroed)
+    plus the float product of the outliers; with them out of the int8 range its error against the float layer
+    drops well below the plain smoothed int8 layer's (static: the range R excludes them)."""
+    g = torch.Generator().manual_seed(1)
+    lin = nn.Linear(64, 32)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(32, 64, generator=g) * 0.05)
+    x = torch.randn(300, 64, generator=g)
+    x[:, 5] *= 100.0
+    x[:, 40] *= 60.0
+    sm = Smoothing({"fc": x.abs().amax(0)}, 0.75)
+    s = sm.factors("fc", lin.weight)
+    O = sm.outliers("fc", lin.weight, 2)
+    assert O.tolist() == [5, 40]
+    r = sm.smoothed_range("fc", lin.weight)
+    torch.testing.assert_close(r, x.abs().amax(0) / s)
+    plain, split = Int8Linear.from_linear(lin, s), Int8Linear.from_linear(lin, s, O)
+    rest = nn.Linear(64, 32)
+    with torch.no_grad():
+        rest.weight.copy_(lin.weight.index_fill(1, O, 0.0))
+        rest.bias.copy_(lin.bias)
+    rest_q = Int8Linear.from_linear(rest, s)
+    if static:
+        plain.input_range = float(r.max())
+        split.input_range = rest_q.input_range = float(r.index_fill(0, O, 0.0).max())
+        assert split.input_range < 0.5 * plain.input_range
+    with torch.no_grad():
+        ref = lin(x)
+        y = split(x.clone())
+        x0 = x.index_fill(1, O, 0.0)  # what the dynamic int8 part quantises (static: clipped, weights 0)
+        torch.testing.assert_close(y, rest_q(x0 if not static else x.clone()) + x[:, O] @ lin.weight[:, O].T,
+                                   rtol=0, atol=1e-5)
+        e_plain = ((plain(x.clone()) - ref).norm() / ref.norm()).item()
+        e_split = ((y - ref).norm() / ref.norm()).item()
+    print(f"relative error: smoothed int8 {e_plain:.4f}, with 2 outlier channels float32 {e_split:.4f}")
+    assert e_split < 0.6 * e_plain
+    with pytest.raises(PrecisionError, match="outlier channels need a calibration"):
+        Int8Linear.from_linear(lin, None, O)
+    with pytest.raises(PrecisionError, match="outside the layer's 64 inputs"):
+        Int8Linear.from_linear(lin, s, torch.tensor([64]))
+    with pytest.raises(PrecisionError, match=r"int8_outlier_channels must be in \[0, 64\), not 64"):
+        sm.outliers("fc", lin.weight, 64)
 
 
 def test_calibration_records_each_int8_layers_input_range() -> None:
@@ -204,14 +251,24 @@ def test_static_int8_answers_a_batch_as_one_question_at_a_time(tmp_path: Path) -
     cal = held_out_questions(8, question=1)
     args = reader_inputs(m, cal)
     amax = calibrate_int8(m.reader, lambda r: r.span_scores(*args))
-    d = copy_model_with(tmp_path, precision="int8", int8_activations="static",
+    d = copy_model_with(tmp_path, precision="int8", int8_activations="static", int8_outlier_channels=2,
                         int8_smoothing={"calibration": "cal.safetensors", "alpha": 0.75})
     save_file(amax, str(d / "cal.safetensors"))
     spec = ModelSpec.read(d)
-    assert spec.int8_activations == "static" and ModelSpec.from_dict(spec.to_dict()) == spec
+    assert spec.int8_activations == "static" and spec.int8_outlier_channels == 2
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
     i8 = load_model_dir(d, "m", 1)
-    layers = [x for x in i8.reader.modules() if isinstance(x, Int8Linear)]
-    assert layers and all(x.input_range is not None and x.input_range > 0 for x in layers)
+    layers = dict((n, x) for n, x in i8.reader.named_modules() if isinstance(x, Int8Linear))
+    assert layers and all(x.input_range is not None and x.input_range > 0 for x in layers.values())
+    # the outlier channels: 2 in each feed-forward output (its largest smoothed ranges, left out of R), none elsewhere
+    ffn = {n for n in layers if n.endswith(".output.dense") and ".attention." not in n}
+    assert len(ffn) == m.reader.config.bert.num_hidden_layers
+    assert all((x.outliers is not None and len(x.outliers) == 2) == (n in ffn) for n, x in layers.items())
+    floats = load_model_dir(d, "m", 1, precision="fp32").reader
+    for n in ffn:
+        rng = Smoothing(amax, 0.75).smoothed_range(n, floats.get_submodule(n).weight)
+        assert layers[n].input_range == pytest.approx(float(rng.index_fill(0, layers[n].outliers, 0).max()))
+        assert float(rng[layers[n].outliers].min()) >= layers[n].input_range
     items = held_out_questions(12)
     paragraphs = [c for _, c, _ in held_out_questions(13)][1:]
     beams = [[qa.BeamBlock(c, 0.0), qa.BeamBlock(nxt, 0.0)] for (_, c, _), nxt in zip(items, paragraphs)]
@@ -237,6 +294,12 @@ def test_static_int8_answers_a_batch_as_one_question_at_a_time(tmp_path: Path) -
     bare = copy_model_with(tmp_path / "bare", precision="int8", int8_activations="static")
     with pytest.raises(ModelDirError, match="int8_activations 'static' needs a calibration"):
         load_model_dir(bare, "m", 1)
+    bare = copy_model_with(tmp_path / "bare2", precision="int8", int8_outlier_channels=2)
+    with pytest.raises(ModelDirError, match="int8_outlier_channels needs a calibration"):
+        load_model_dir(bare, "m", 1)
+    for i, k in enumerate((-1, True, "2", 1.5)):
+        with pytest.raises(ModelDirError, match="int8_outlier_channels must be a whole number ≥ 0"):
+            ModelSpec.read(copy_model_with(tmp_path / f"k{i}", int8_outlier_channels=k))
 
 
 def test_calibrate_int8_command_publishes_a_new_version(tmp_path: Path) -> None:
@@ -264,6 +327,8 @@ def test_calibrate_int8_command_publishes_a_new_version(tmp_path: Path) -> None:
                                          if isinstance(x, Int8Linear))
     assert all(type(m.reader.get_submodule(n)) is nn.Linear for n in spec.int8_fp32_layers)
     assert all(x.input_range is not None for x in m.reader.modules() if isinstance(x, Int8Linear))
+    assert spec.int8_outlier_channels == 2 and "2 outlier input channels" in spec.card["int8_calibration"]
+    assert sum(x.outliers is not None for x in m.reader.modules() if isinstance(x, Int8Linear)) > 0
     bad = subprocess.run([sys.executable, "-m", "service.cli", "calibrate-int8", "--home", str(home), "--model",
                           "minilm-squad/9", "--squad", str(HELDOUT)], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "minilm-squad/9" in bad.stderr
