@@ -12,16 +12,17 @@ block: ``realm_core.qa.read_beams``), from the articles that ``realmqa train-rea
 articles, drawn as it draws them, are left out), records every int8 Linear's input range, then reads them
 again with the smoothed int8 reader and measures how far each int8 Linear's output strays from the float
 layer's on the same input (:func:`realm_core.precision.int8_layer_errors`); the ``--keep-fp32`` layers that
-stray furthest stay float32 (mixed precision: on the bundled reader the feed-forward outputs, whose inputs are
-GELU's heavy-tailed activations, lead; keeping 4 of them halved the answers that differ from fp32's on 800
-SQuAD training questions, bench/README.md "Mixed precision"). It publishes ``<model>/<next>``: the base version's files,
-``int8_calibration.safetensors`` and model.json with ``int8_smoothing``, ``int8_fp32_layers`` and
-``int8_activations`` (``--activations``: ``static`` by default, each layer's input quantised on its calibrated
-range so that an answer does not depend on the batch) (and ``precision`` set with ``--precision``). fp32
-readers ignore them::
+stray furthest stay float32 (default 0). On the bundled reader the feed-forward outputs lead: their input, GELU's
+activation, has one or two channels at ~3× the range of the rest, which ``--outlier-channels`` (default 2)
+computes in float32 beside the int8 product of the others; that kept the answers of keeping 4 whole layers
+float32 at the speed of none (bench/README.md, "Mixed precision", "Outlier channels"). It publishes
+``<model>/<next>``: the base version's files, ``int8_calibration.safetensors`` and model.json with
+``int8_smoothing``, ``int8_fp32_layers``, ``int8_outlier_channels`` and ``int8_activations`` (``--activations``:
+``static`` by default, each layer's input quantised on its calibrated range so that an answer does not depend on
+the batch) (and ``precision`` set with ``--precision``). fp32 readers ignore them::
 
-    realmqa calibrate-int8 --home service/default --model minilm-squad/4 \\
-        --squad train-v1.1.json.gz --questions 128 --alpha 0.75 --keep-fp32 4
+    realmqa calibrate-int8 --home service/default --model minilm-squad/6 \\
+        --squad train-v1.1.json.gz --questions 128 --alpha 0.75 --keep-fp32 0 --outlier-channels 2
 """
 
 from __future__ import annotations
@@ -136,9 +137,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=13, help="held-out split and question draw (default 13)")
     p.add_argument("--alpha", type=float, default=0.75, help="SmoothQuant migration strength in [0, 1] "
                    "(default 0.75, chosen on SQuAD train questions: bench/README.md, 'int8')")
-    p.add_argument("--keep-fp32", type=int, default=4, help="int8 Linear layers kept float32: those whose "
-                   "outputs stray furthest on the calibration questions (default 4, chosen on SQuAD train "
-                   "questions: bench/README.md, 'int8'; the span head's output is kept besides)")
+    p.add_argument("--keep-fp32", type=int, default=0, help="int8 Linear layers kept float32: those whose "
+                   "outputs stray furthest on the calibration questions (default 0: with the outlier channels "
+                   "float32, keeping 4 layers bought little, bench/README.md 'Outlier channels'; the span "
+                   "head's output is kept besides)")
     p.add_argument("--activations", choices=INT8_ACTIVATIONS, default="static", help="int8_activations of the new "
                    "version: 'static' (each layer's input on its calibrated range: answers independent of the "
                    "batch; the default) or 'dynamic' (per call)")
