@@ -36,16 +36,23 @@ from tests.conftest import BUNDLED_HOME, BUNDLED_MODEL, copy_model_with, held_ou
 HELDOUT = BUNDLED_HOME / "heldout" / "squad-train-heldout.json"
 
 
-def test_smoothing_factors_follow_eq_4_and_flatten_an_outlier_channel() -> None:
-    """s_j = amax|X_j|^α / amax|W_:,j|^(1−α); with them, an int8 Linear whose input has one channel 100× the
-    others lands nearer the float product than without (the product itself is unchanged in real arithmetic)."""
-    g = torch.Generator().manual_seed(0)
+def _loud_inputs(seed: int, tokens: int, loud: dict[int, float]) -> tuple[nn.Linear, torch.Tensor, Smoothing]:
+    """A seeded Linear(64 → 32), ``tokens`` random inputs whose channels in ``loud`` are scaled by its values,
+    and SmoothQuant's calibration of that input for it (layer name ``"fc"``, α 0.75)."""
+    g = torch.Generator().manual_seed(seed)
     lin = nn.Linear(64, 32)
     with torch.no_grad():
         lin.weight.copy_(torch.randn(32, 64, generator=g) * 0.05)
-    x = torch.randn(200, 64, generator=g)
-    x[:, 3] *= 100.0
-    sm = Smoothing({"fc": x.abs().amax(0)}, 0.75)
+    x = torch.randn(tokens, 64, generator=g)
+    for channel, factor in loud.items():
+        x[:, channel] *= factor
+    return lin, x, Smoothing({"fc": x.abs().amax(0)}, 0.75)
+
+
+def test_smoothing_factors_follow_eq_4_and_flatten_an_outlier_channel() -> None:
+    """s_j = amax|X_j|^α / amax|W_:,j|^(1−α); with them, an int8 Linear whose input has one channel 100× the
+    others lands nearer the float product than without (the product itself is unchanged in real arithmetic)."""
+    lin, x, sm = _loud_inputs(0, 200, {3: 100.0})
     s = sm.factors("fc", lin.weight)
     expected = x.abs().amax(0) ** 0.75 / lin.weight.detach().abs().amax(0) ** 0.25
     torch.testing.assert_close(s, expected)
@@ -69,14 +76,7 @@ def test_outlier_channels_run_in_float32_beside_the_int8_product(static: bool) -
     those picked; the layer's output is exactly an int8 layer's on the other channels (the outliers zeroed)
     plus the float product of the outliers; with them out of the int8 range its error against the float layer
     drops well below the plain smoothed int8 layer's (static: the range R excludes them)."""
-    g = torch.Generator().manual_seed(1)
-    lin = nn.Linear(64, 32)
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(32, 64, generator=g) * 0.05)
-    x = torch.randn(300, 64, generator=g)
-    x[:, 5] *= 100.0
-    x[:, 40] *= 60.0
-    sm = Smoothing({"fc": x.abs().amax(0)}, 0.75)
+    lin, x, sm = _loud_inputs(1, 300, {5: 100.0, 40: 60.0})
     s = sm.factors("fc", lin.weight)
     O = sm.outliers("fc", lin.weight, 2)
     assert O.tolist() == [5, 40]
