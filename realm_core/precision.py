@@ -201,11 +201,18 @@ class Smoothing:
         Raises:
             PrecisionError: as :meth:`factors`, or ``k`` not in [0, in_features).
         """
-        if not 0 <= k < weight.shape[1]:
-            raise PrecisionError(f"int8_outlier_channels must be in [0, {weight.shape[1]}), not {k}")
-        r = self.smoothed_range(name, weight)
-        order = sorted(range(len(r)), key=lambda j: (-float(r[j]), j))  # stable: the same channels every load
-        return torch.tensor(sorted(order[:k]), dtype=torch.long)
+        return largest_channels(self.smoothed_range(name, weight), k)
+
+
+def largest_channels(channel_range: torch.Tensor, k: int) -> torch.Tensor:
+    """(k,) int64: the ``k`` channels of largest ``channel_range`` ((in_features,)), ascending (ties: the lower).
+
+    Raises:
+        PrecisionError: ``k`` not in [0, in_features).
+    """
+    if not 0 <= k < len(channel_range):
+        raise PrecisionError(f"int8_outlier_channels must be in [0, {len(channel_range)}), not {k}")
+    return torch.sort(-channel_range, stable=True).indices[:k].sort().values
 
 
 # how int8 quantises a Linear's input (model.json ``int8_activations``)
@@ -379,16 +386,16 @@ def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAY
         if name not in fp32_layers:
             smooth = None if smoothing is None else smoothing.factors(name, linear.weight)
             ffn_out = FFN_OUTPUT.search(name) is not None  # its input is BertIntermediate's output
+            # the smoothed range (Smoothing.smoothed_range), from the factors just computed
+            r = None if smooth is None else smoothing.input_amax[name].float() / smooth  # type: ignore[union-attr]
             outliers = None
             if outlier_channels and ffn_out:  # (a smoothing is checked above)
-                outliers = smoothing.outliers(name, linear.weight, outlier_channels)  # type: ignore[union-attr]
+                outliers = largest_channels(r, outlier_channels)  # type: ignore[arg-type]
+                r = r.index_fill(0, outliers, 0.0)  # type: ignore[union-attr]
             parent, _, child = name.rpartition(".")
             q = Int8Linear.from_linear(linear, smooth, outliers)
             q.smooth_in_place = ffn_out
-            if smooth is not None and activations == "static":  # (a smoothing is checked above for static)
-                r = smoothing.input_amax[name].float() / smooth  # type: ignore[union-attr]
-                if outliers is not None:
-                    r = r.index_fill(0, outliers, 0.0)
+            if r is not None and activations == "static":  # (a smoothing is checked above for static)
                 q.input_range = float(r.max())
             setattr(reader.get_submodule(parent), child, q)
     return reader
