@@ -6,8 +6,8 @@ wheel in ``wheels/`` first: ``wheels/README.md``):
 
 - ``docker-compose build``, then ``up -d``: realmqa answers "Which NFL team represented the AFC at Super Bowl
   50?" with Denver Broncos, Prometheus scrapes it (``up{job="realmqa"} == 1``) with the alert rules loaded;
-- a build job submitted to the worker in the stack publishes index version 2, which the service swaps in by
-  polling (``/v1/indexes``) and answers from;
+- a build job submitted to the worker in the stack publishes the next index version (the bundled default
+  has 1 and 2, so 3), which the service swaps in by polling (``/v1/indexes``) and answers from;
 - every PromQL query of the Grafana dashboard returns data from the stack's Prometheus;
 - ``docker-compose down`` with requests in flight: each gets its answer, every container exits 0 (none 137);
 - the image alone (``docker run``, read-only root filesystem) answers at once.
@@ -41,6 +41,10 @@ ROOT = Path(__file__).resolve().parents[2]
 QUESTION = "Which NFL team represented the AFC at Super Bowl 50?"
 IN_FLIGHT = 12  # /answer requests sent just before `docker-compose down`: each must get its answer
 IMAGE = "realmqa:latest"
+# The index versions the image bundles: the stack serves the newest; the worker's build job publishes the next.
+BUNDLED = max(int(d.name) for d in (ROOT / "service" / "default" / "indexes" / "minilm-squad").iterdir()
+              if d.name.isdigit())
+SERVED, NEXT = f"minilm-squad/{BUNDLED}", BUNDLED + 1
 # A small corpus for the worker's build job, written inside the worker container from the bundled corpus:
 # the Super Bowl 50 paragraphs (so that the new version still answers the question) and the first 300 others.
 SMALL_CORPUS = """
@@ -150,7 +154,7 @@ def stack() -> Iterator[Stack]:
 def test_stack_answers_and_prometheus_scrapes_it(stack: Stack) -> None:
     body = answer(stack.realmqa)
     assert body["answer"] == "Denver Broncos"
-    assert body["index"] == "minilm-squad/1"
+    assert body["index"] == SERVED
     up = wait_for('Prometheus up{job="realmqa"}', lambda: prom_query(stack.prometheus, 'up{job="realmqa"} == 1'),
                   timeout_s=90, every_s=2)
     assert up[0]["metric"]["instance"] == "realmqa:8000"
@@ -161,23 +165,23 @@ def test_stack_answers_and_prometheus_scrapes_it(stack: Stack) -> None:
 
 
 def test_worker_build_job_is_published_and_served(stack: Stack) -> None:
+    def served_next() -> bool:
+        indexes = httpx.get(f"{stack.realmqa}/v1/indexes", timeout=10).json()["indexes"]
+        versions = {v["version"]: v for i in indexes if i["name"] == "minilm-squad" for v in i["versions"]}
+        return NEXT in versions and bool(versions[NEXT]["served_by"])
+
+    assert not served_next(), f"index version {NEXT} exists before the build job"
     n = stack.compose("exec", "-T", "worker", "python3", "-c", SMALL_CORPUS).stdout.strip()
     t0 = time.monotonic()
     job = stack.compose("exec", "-T", "worker", "realmqa", "index", "submit", "--home", "/data",
                         "--model", "minilm-squad", "--corpus", "/data/corpus/stack-test.jsonl",
                         "--index", "minilm-squad").stdout.strip()
     say(f"submitted job {job!r} ({n} documents)")
-
-    def served_v2() -> bool:
-        indexes = httpx.get(f"{stack.realmqa}/v1/indexes", timeout=10).json()["indexes"]
-        versions = {v["version"]: v for i in indexes if i["name"] == "minilm-squad" for v in i["versions"]}
-        return 2 in versions and bool(versions[2]["served_by"])
-
-    wait_for("index version 2 served", served_v2, timeout_s=900, every_s=2)
+    wait_for(f"index version {NEXT} served", served_next, timeout_s=900, every_s=2)
     stack.figures["job_to_served_s"] = time.monotonic() - t0
     body = answer(stack.realmqa)
-    assert body["index"] == "minilm-squad/2" and body["answer"] == "Denver Broncos"
-    say(f"job → version 2 served {stack.figures['job_to_served_s']:.1f} s; /answer from minilm-squad/2: "
+    assert body["index"] == f"minilm-squad/{NEXT}" and body["answer"] == "Denver Broncos"
+    say(f"job → version {NEXT} served {stack.figures['job_to_served_s']:.1f} s; /answer from minilm-squad/{NEXT}: "
         f"{body['answer']!r}")
 
 
