@@ -5,11 +5,16 @@ client itself used (cores: CPU seconds per wall second, all its processes togeth
     python bench/load.py --url http://127.0.0.1:8000 --concurrency 1,8,32 --duration 30
     python bench/load.py --url ... --route retrieve --questions questions.jsonl
     python bench/load.py --url ... --concurrency 1,32 --processes 2   # clients spread over 2 processes
+    python bench/load.py --url ... --concurrency 1,8 --rounds 3       # each level 3 times, alternating, + medians
 
 Closed loop: each client sends its next request when its last one is answered. With ``--processes P`` the
 clients of a level are split over P processes (each its own event loop and connection pool), started together
 after the processes are up, so that on a small machine one client process's event loop is not what limits
 the rate; latencies and errors are pooled.
+
+Rounds: on a small shared machine one 15-s level moves by ±10% from run to run. ``--rounds R`` runs the whole
+list of levels R times (1, 8, 1, 8, ... so that a slow spell does not hit one level only), prints every round's
+row, then per level a ``median`` row: the median over the rounds of its requests/s and of its p50/p90/p99.
 
 Questions: JSON Lines with a "question" field, or the built-in SQuAD-style list. Any URL works; keep load
 tests on hosts you run.
@@ -145,20 +150,34 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds at concurrency 1 first, not reported")
     p.add_argument("--timeout", type=float, default=60.0, help="client timeout per request, s")
     p.add_argument("--processes", type=int, default=1, help="client processes a level's clients are split over")
+    p.add_argument("--rounds", type=int, default=1, help="times the list of levels runs; >1 adds median rows")
     p.add_argument("--questions", help="JSON Lines with a 'question' field (default: a built-in list)")
     a = p.parse_args()
+    if a.rounds < 1:
+        p.error("--rounds must be at least 1")
     questions = load_questions(a.questions)
     if a.warmup > 0:
         run_level(a.url, a.route, questions, 1, a.warmup, a.timeout, 1)
     print(f"{a.url}/{a.route}, {a.duration:.0f} s per level, client processes up to {max(a.processes, 1)}")
     print(f"{'conc':>5} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>7} "
           f"{'client cpu':>10}  by kind")
-    for c in (int(x) for x in a.concurrency.split(",")):
-        r = run_level(a.url, a.route, questions, c, a.duration, a.timeout, a.processes)
-        ms = [x * 1e3 for x in r.latencies] or [float("nan")]
-        print(f"{c:>5} {r.requests:>9} {len(r.latencies) / r.elapsed:>8.1f} {statistics.median(ms):>8.1f} "
-              f"{percentile(ms, 90):>8.1f} {percentile(ms, 99):>8.1f} {sum(r.errors.values()):>7} "
-              f"{r.cpu_s / r.elapsed:>10.2f}  {dict(r.errors) or ''}", flush=True)
+    levels = [int(x) for x in a.concurrency.split(",")]
+    rows: dict[int, list[tuple[float, float, float, float, int]]] = {c: [] for c in levels}
+    for _ in range(a.rounds):
+        for c in levels:
+            r = run_level(a.url, a.route, questions, c, a.duration, a.timeout, a.processes)
+            ms = [x * 1e3 for x in r.latencies] or [float("nan")]
+            row = (len(r.latencies) / r.elapsed, statistics.median(ms), percentile(ms, 90), percentile(ms, 99),
+                   sum(r.errors.values()))
+            rows[c].append(row)
+            print(f"{c:>5} {r.requests:>9} {row[0]:>8.1f} {row[1]:>8.1f} {row[2]:>8.1f} {row[3]:>8.1f} {row[4]:>7} "
+                  f"{r.cpu_s / r.elapsed:>10.2f}  {dict(r.errors) or ''}", flush=True)
+    if a.rounds > 1:
+        for c in levels:
+            med = [statistics.median(x[i] for x in rows[c]) for i in range(4)]
+            errors = sum(x[4] for x in rows[c])
+            print(f"{c:>5} {'median':>9} {med[0]:>8.1f} {med[1]:>8.1f} {med[2]:>8.1f} {med[3]:>8.1f} {errors:>7}  "
+                  f"{'':>10}  of {a.rounds} rounds (errors: all rounds)", flush=True)
 
 
 if __name__ == "__main__":
