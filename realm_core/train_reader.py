@@ -13,8 +13,9 @@ Warm start and resumption:
   beside it, fp16 or fp32) instead of a backbone with a fresh span head; ``--seen-questions N`` says that the
   first N questions of the seeded order were already trained on (by the run that made that reader), so they
   are read last.
-- Every ``--save-every`` steps (and when a run stops early) ``OUT/checkpoint/train_state.pt`` is published
-  atomically with the weights, AdamW and scheduler state, the step, the elapsed seconds and torch's RNG state.
+- Every ``--save-every`` steps, when a run stops early and at its last step, ``OUT/checkpoint/train_state.pt``
+  is published atomically with the weights (fp32), AdamW and scheduler state, the step, the elapsed seconds and
+  torch's RNG state.
   ``--resume`` continues from it: the data order is a function of the step (a seeded shuffle), so a resumed
   run reads the same batches, and with ``--max-minutes 0`` it reaches the same weights as an uninterrupted run.
   ``--max-steps`` ends a run after that many steps of this invocation (a slice; the schedule still spans all
@@ -252,9 +253,12 @@ def main(argv: list[str] | None = None) -> None:
         log.info("resumed from %s at step %d (%.0f s trained)", out / "checkpoint", start, elapsed0)
     done = start
 
+    def questions_seen(step: int) -> int:
+        return min(step * a.batch_size, math.ceil(len(examples) * a.epochs))
+
     def checkpoint() -> None:
         save_checkpoint(out, reader, opt, sched, done, time.time() - t0, vars(a),
-                        min(done * a.batch_size, len(examples) * a.epochs))
+                        questions_seen(done))
 
     reader.train()
     for step in range(start, steps):
@@ -280,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         spent = a.max_minutes and time.time() - t0 > a.max_minutes * 60 or lr_factor(done) == 0.0
         sliced = a.max_steps and done - start >= a.max_steps
-        if done % a.save_every == 0 or (spent or sliced) and done < steps:
+        if done % a.save_every == 0 or spent or sliced or done == steps:  # the last step too: the final fp32
+            # weights and optimizer state stay in checkpoint/ for --init-reader or --resume
             checkpoint()
         if spent:
             log.info("stopping at step %d: the time budget or the learning-rate schedule is spent", done)
@@ -296,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     scores = evaluate_gold(shipped, tok, held_arts, a.reader_seq_len, a.max_question_tokens)
     report = {
         "steps": done,
-        "questions_seen": min(done * a.batch_size, len(examples) * a.epochs),
+        "questions_seen": questions_seen(done),
         "train_questions": len(examples),
         "train_seconds": round(train_s),
         "heldout": scores,

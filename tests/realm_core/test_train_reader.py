@@ -136,13 +136,17 @@ def test_resume_after_a_stop_reaches_the_weights_of_an_uninterrupted_run(tmp_pat
     squad = _squad_file(tmp_path / "squad.json")
     def args(seed: int = 5) -> list[str]:
         return ["--squad", str(squad), "--init-reader", str(init), "--seed", str(seed), "--heldout-questions", "1",
-                "--batch-size", "4", "--negatives", "1", "--lr", "0.003", "--warmup", "0.2", "--save-every", "3",
+                "--batch-size", "4", "--negatives", "1", "--lr", "0.003", "--warmup", "0.2", "--save-every", "4",
                 "--reader-seq-len", "96", "--max-question-tokens", "16", "--threads", "1"]
 
     common = args()
     main([*common, "--out", str(tmp_path / "whole")])
     report = json.loads((tmp_path / "whole" / "train_report.json").read_text())
-    assert report["steps"] >= 5
+    assert report["steps"] >= 5 and report["steps"] % 4 != 0  # the last step is not a --save-every step
+    assert isinstance(report["questions_seen"], int)
+    # the checkpoint holds the last step as well (its fp32 weights: what --init-reader continues from)
+    assert json.loads((tmp_path / "whole" / "checkpoint" / "progress.json").read_text()) == {
+        "steps": report["steps"], "questions": report["questions_seen"]}
 
     main([*common, "--out", str(tmp_path / "cut"), "--max-steps", "2"])
     progress = json.loads((tmp_path / "cut" / "checkpoint" / "progress.json").read_text())
