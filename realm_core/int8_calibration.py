@@ -21,7 +21,7 @@ float32 at the speed of none (bench/README.md, "Mixed precision", "Outlier chann
 ``static`` by default, each layer's input quantised on its calibrated range so that an answer does not depend on
 the batch) (and ``precision`` set with ``--precision``). fp32 readers ignore them::
 
-    realmqa calibrate-int8 --home service/default --model minilm-squad/6 \\
+    realmqa calibrate-int8 --home service/default --model minilm-squad/7 \\
         --squad train-v1.1.json.gz --questions 128 --alpha 0.75 --keep-fp32 0 --outlier-channels 2
 """
 
