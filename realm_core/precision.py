@@ -186,13 +186,14 @@ class Smoothing:
         eps = 1e-5  # a channel never seen non-zero (or a zero weight column) keeps s near 1 instead of 0 or ∞
         return (a.clamp_min(eps) ** self.alpha / w.clamp_min(eps) ** (1 - self.alpha)).clamp(eps, 1 / eps)
 
-    def smoothed_range(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        """(in_features,) float32 amax_j / s_j: each input channel's largest |value| after smoothing.
+    def smoothed_range(self, name: str, weight: torch.Tensor, factors: torch.Tensor | None = None) -> torch.Tensor:
+        """(in_features,) float32 amax_j / s_j: each input channel's largest |value| after smoothing
+        (``factors``: :meth:`factors` of the same layer, if already computed).
 
         Raises:
             PrecisionError: as :meth:`factors`.
         """
-        return self.input_amax[name].float() / self.factors(name, weight)
+        return self.input_amax[name].float() / (self.factors(name, weight) if factors is None else factors)
 
     def outliers(self, name: str, weight: torch.Tensor, k: int) -> torch.Tensor:
         """(k,) int64: the ``k`` input channels of Linear ``name`` with the largest :meth:`smoothed_range`, in
@@ -386,16 +387,17 @@ def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAY
         if name not in fp32_layers:
             smooth = None if smoothing is None else smoothing.factors(name, linear.weight)
             ffn_out = FFN_OUTPUT.search(name) is not None  # its input is BertIntermediate's output
-            # the smoothed range (Smoothing.smoothed_range), from the factors just computed
-            r = None if smooth is None else smoothing.input_amax[name].float() / smooth  # type: ignore[union-attr]
-            outliers = None
-            if outlier_channels and ffn_out:  # (a smoothing is checked above)
-                outliers = largest_channels(r, outlier_channels)  # type: ignore[arg-type]
-                r = r.index_fill(0, outliers, 0.0)  # type: ignore[union-attr]
+            split = bool(outlier_channels) and ffn_out
+            r = outliers = None
+            if smoothing is not None and smooth is not None and (split or activations == "static"):
+                r = smoothing.smoothed_range(name, linear.weight, smooth)
+                if split:
+                    outliers = largest_channels(r, outlier_channels)
+                    r = r.index_fill(0, outliers, 0.0)  # the int8 part's range leaves them out
             parent, _, child = name.rpartition(".")
             q = Int8Linear.from_linear(linear, smooth, outliers)
             q.smooth_in_place = ffn_out
-            if r is not None and activations == "static":  # (a smoothing is checked above for static)
+            if r is not None and activations == "static":
                 q.input_range = float(r.max())
             setattr(reader.get_submodule(parent), child, q)
     return reader
