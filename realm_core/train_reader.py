@@ -87,7 +87,10 @@ def load_reader(path: str | Path) -> SpanReader:
 
 # Arguments that fix the data order and the schedule: a resumed run must be given the same ones.
 ORDER_ARGS = ("seed", "heldout_questions", "max_questions", "seen_questions", "epochs", "batch_size", "negatives",
-              "reader_seq_len", "max_question_tokens", "train_window", "lr", "warmup", "max_minutes")
+              "reader_seq_len", "max_question_tokens", "train_window", "lr", "warmup", "max_minutes",
+              "max_span_width")
+# What a checkpoint written before an argument existed was run with (the argument's default).
+ORDER_DEFAULTS: dict[str, Any] = {"max_span_width": 0}
 
 
 def save_checkpoint(out: Path, reader: SpanReader, opt: torch.optim.Optimizer, sched: Any, step: int,
@@ -119,7 +122,8 @@ def load_checkpoint(out: Path, args: dict[str, Any]) -> dict[str, Any]:
     if not path.is_file():
         raise SystemExit(f"realmqa train-reader: --resume: no {path}")
     st: dict[str, Any] = torch.load(path, weights_only=False)
-    diff = {k: (st["args"].get(k), args[k]) for k in ORDER_ARGS if st["args"].get(k) != args[k]}
+    saved = {k: st["args"].get(k, ORDER_DEFAULTS.get(k)) for k in ORDER_ARGS}
+    diff = {k: (saved[k], args[k]) for k in ORDER_ARGS if saved[k] != args[k]}
     if diff:
         raise SystemExit(f"realmqa train-reader: --resume: {path} was written with other arguments "
                          f"(saved, given): {diff}")
@@ -195,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--train-window", type=int, default=0, help="cut blocks to this many pieces around the answer (0: whole)"
     )
+    p.add_argument("--max-span-width", type=int, default=0,
+                   help="widest answer span in wordpieces, trained and saved in reader_config.json (0: the "
+                   "--init-reader's, or REALM's 10 for a fresh head); questions whose answer is wider are skipped")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200, help="steps between checkpoints")
     a = p.parse_args(argv)
@@ -210,12 +217,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"realmqa train-reader: {out}/checkpoint/train_state.pt exists: pass --resume, "
                          "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    if a.max_span_width < 0:
+        p.error("--max-span-width must be at least 1 (0: keep the reader's)")
     if a.init_reader:
         reader = load_reader(a.init_reader)
         tok = WordPieceTokenizer.from_dir(Path(a.backbone) if a.backbone else reader_files(a.init_reader)[0].parent)
     else:
         reader = new_reader(Path(a.backbone), {})
         tok = WordPieceTokenizer.from_dir(Path(a.backbone))
+    if a.max_span_width:  # the span head has no per-width weights: any width reads the same parameters
+        reader.config = dataclasses.replace(reader.config, max_span_width=a.max_span_width)
     cfg = reader.config
     articles = load_squad(a.squad)
     train_arts, held_arts = split_heldout(articles, a.heldout_questions, a.seed)

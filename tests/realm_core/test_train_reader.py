@@ -202,3 +202,47 @@ def test_seen_questions_are_read_last(tok: WordPieceTokenizer) -> None:
     fresh = [e.id for e in training_order(examples, 13)]
     assert sorted(fresh) == ["1", "2", "3"] and [e.id for e in examples] == ["1", "2", "3"]
     assert [e.id for e in training_order(examples, 13, 1)] == fresh[1:] + fresh[:1]
+
+
+def test_max_span_width_trains_wider_answers_and_is_saved(tmp_path, tok) -> None:
+    """--max-span-width: answers up to that many wordpieces become trainable (narrower ones only before), the
+    saved reader_config.json carries the width, and resuming needs the same width (it changes the data order);
+    a checkpoint written before the option existed resumes as width 0 (the reader's own)."""
+    import json
+
+    import torch
+
+    from realm_core.train_reader import main
+
+    init = tmp_path / "init"
+    _tiny_reader_dir(init, tok)  # max_span_width 10, REALM's
+    squad = _squad_file(tmp_path / "squad.json")
+    data = json.loads(squad.read_text())
+    long = "the oldest surviving stone bridge over the river that divides the northern and southern halves of the city"
+    for i, art in enumerate(data["data"]):  # whichever article is held out, the others train
+        art["paragraphs"].append({"context": f"Its landmark is {long}, built in 1350.", "qas": [
+            {"id": f"long{i}", "question": "What is its landmark?", "answers": [{"text": long, "answer_start": 16}]}]})
+    squad.write_text(json.dumps(data))
+    assert len(tok.pieces([long])[0].ids) > 10
+    common = ["--squad", str(squad), "--init-reader", str(init), "--seed", "5", "--heldout-questions", "1",
+              "--batch-size", "4", "--negatives", "1", "--lr", "0.003", "--max-steps", "1",
+              "--reader-seq-len", "96", "--max-question-tokens", "16", "--threads", "1"]
+    reports = {}
+    for width in (0, 1, 30):
+        out = tmp_path / f"w{width}"
+        main([*common, "--max-span-width", str(width), "--out", str(out)])
+        reports[width] = json.loads((out / "train_report.json").read_text())
+        saved = json.loads((out / "reader_config.json").read_text())["max_span_width"]
+        assert saved == (width or 10)
+    # one-piece answers only at width 1; the answers of 11-30 pieces only at width 30
+    assert reports[1]["train_questions"] < reports[0]["train_questions"] < reports[30]["train_questions"]
+
+    with pytest.raises(SystemExit, match="max_span_width"):
+        main([*common, "--max-span-width", "20", "--out", str(tmp_path / "w30"), "--resume"])
+    state_path = tmp_path / "w0" / "checkpoint" / "train_state.pt"
+    state = torch.load(state_path, weights_only=False)
+    del state["args"]["max_span_width"]  # as written before the option existed
+    torch.save(state, state_path)
+    main([*common, "--out", str(tmp_path / "w0"), "--resume"])
+    with pytest.raises(SystemExit):
+        main([*common, "--max-span-width", "-1", "--out", str(tmp_path / "neg")])
