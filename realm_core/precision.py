@@ -195,15 +195,6 @@ class Smoothing:
         """
         return self.input_amax[name].float() / (self.factors(name, weight) if factors is None else factors)
 
-    def outliers(self, name: str, weight: torch.Tensor, k: int) -> torch.Tensor:
-        """(k,) int64: the ``k`` input channels of Linear ``name`` with the largest :meth:`smoothed_range`, in
-        ascending channel order (ties: the lower channel).
-
-        Raises:
-            PrecisionError: as :meth:`factors`, or ``k`` not in [0, in_features).
-        """
-        return largest_channels(self.smoothed_range(name, weight), k)
-
 
 def largest_channels(channel_range: torch.Tensor, k: int) -> torch.Tensor:
     """(k,) int64: the ``k`` channels of largest ``channel_range`` ((in_features,)), ascending (ties: the lower).

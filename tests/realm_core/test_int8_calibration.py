@@ -29,6 +29,7 @@ from realm_core.precision import (
     Smoothing,
     calibrate_int8,
     int8_layer_errors,
+    largest_channels,
     stack_qkv,
 )
 from tests.conftest import BUNDLED_HOME, BUNDLED_MODEL, copy_model_with, held_out_questions, reader_inputs
@@ -78,10 +79,11 @@ def test_outlier_channels_run_in_float32_beside_the_int8_product(static: bool) -
     drops well below the plain smoothed int8 layer's (static: the range R excludes them)."""
     lin, x, sm = _loud_inputs(1, 300, {5: 100.0, 40: 60.0})
     s = sm.factors("fc", lin.weight)
-    O = sm.outliers("fc", lin.weight, 2)
-    assert O.tolist() == [5, 40]
     r = sm.smoothed_range("fc", lin.weight)
     torch.testing.assert_close(r, x.abs().amax(0) / s)
+    torch.testing.assert_close(sm.smoothed_range("fc", lin.weight, s), r)  # given the factors already computed
+    O = largest_channels(r, 2)  # as quantize_int8 picks them
+    assert O.tolist() == [5, 40]
     plain, split = Int8Linear.from_linear(lin, s), Int8Linear.from_linear(lin, s, O)
     rest = nn.Linear(64, 32)
     with torch.no_grad():
@@ -107,7 +109,7 @@ def test_outlier_channels_run_in_float32_beside_the_int8_product(static: bool) -
     with pytest.raises(PrecisionError, match="outside the layer's 64 inputs"):
         Int8Linear.from_linear(lin, s, torch.tensor([64]))
     with pytest.raises(PrecisionError, match=r"int8_outlier_channels must be in \[0, 64\), not 64"):
-        sm.outliers("fc", lin.weight, 64)
+        largest_channels(r, 64)
 
 
 def test_calibration_records_each_int8_layers_input_range() -> None:
