@@ -380,7 +380,7 @@ def quantize_int8(reader: SpanReader, fp32_layers: Sequence[str] = INT8_FP32_LAY
             ffn_out = FFN_OUTPUT.search(name) is not None  # its input is BertIntermediate's output
             split = bool(outlier_channels) and ffn_out
             r = outliers = None
-            if smoothing is not None and smooth is not None and (split or activations == "static"):
+            if smoothing is not None and (split or activations == "static"):
                 r = smoothing.smoothed_range(name, linear.weight, smooth)
                 if split:
                     outliers = largest_channels(r, outlier_channels)

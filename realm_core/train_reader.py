@@ -89,8 +89,6 @@ def load_reader(path: str | Path) -> SpanReader:
 ORDER_ARGS = ("seed", "heldout_questions", "max_questions", "seen_questions", "epochs", "batch_size", "negatives",
               "reader_seq_len", "max_question_tokens", "train_window", "lr", "warmup", "max_minutes",
               "max_span_width")
-# What a checkpoint written before an argument existed was run with (the argument's default).
-ORDER_DEFAULTS: dict[str, Any] = {"max_span_width": 0}
 
 
 def save_checkpoint(out: Path, reader: SpanReader, opt: torch.optim.Optimizer, sched: Any, step: int,
@@ -122,7 +120,8 @@ def load_checkpoint(out: Path, args: dict[str, Any]) -> dict[str, Any]:
     if not path.is_file():
         raise SystemExit(f"realmqa train-reader: --resume: no {path}")
     st: dict[str, Any] = torch.load(path, weights_only=False)
-    saved = {k: st["args"].get(k, ORDER_DEFAULTS.get(k)) for k in ORDER_ARGS}
+    # an argument added after the checkpoint was written: the run behaved as that argument's default does
+    saved = {k: st["args"].get(k, parser().get_default(k)) for k in ORDER_ARGS}
     diff = {k: (saved[k], args[k]) for k in ORDER_ARGS if saved[k] != args[k]}
     if diff:
         raise SystemExit(f"realmqa train-reader: --resume: {path} was written with other arguments "
@@ -171,7 +170,8 @@ def save_reader(reader: SpanReader, out: Path, dtype: torch.dtype) -> None:
     write_atomic(out / "reader_config.json", json.dumps(dataclasses.asdict(reader.config), indent=2))
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """``realmqa train-reader``'s arguments."""
     p = argparse.ArgumentParser(prog="realmqa train-reader", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--squad", required=True, help="SQuAD v1.1 train JSON (.json or .json.gz)")
@@ -204,9 +204,16 @@ def main(argv: list[str] | None = None) -> None:
                    "--init-reader's, or REALM's 10 for a fresh head); questions whose answer is wider are skipped")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200, help="steps between checkpoints")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser()
     a = p.parse_args(argv)
     if not a.backbone and not a.init_reader:
         p.error("one of --backbone and --init-reader is required")
+    if a.max_span_width < 0:
+        p.error("--max-span-width must be at least 1 (0: keep the reader's)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -217,8 +224,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"realmqa train-reader: {out}/checkpoint/train_state.pt exists: pass --resume, "
                          "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    if a.max_span_width < 0:
-        p.error("--max-span-width must be at least 1 (0: keep the reader's)")
     if a.init_reader:
         reader = load_reader(a.init_reader)
         tok = WordPieceTokenizer.from_dir(Path(a.backbone) if a.backbone else reader_files(a.init_reader)[0].parent)

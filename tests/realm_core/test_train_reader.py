@@ -204,7 +204,7 @@ def test_seen_questions_are_read_last(tok: WordPieceTokenizer) -> None:
     assert [e.id for e in training_order(examples, 13, 1)] == fresh[1:] + fresh[:1]
 
 
-def test_max_span_width_trains_wider_answers_and_is_saved(tmp_path, tok) -> None:
+def test_max_span_width_trains_wider_answers_and_is_saved(tmp_path, tok, capsys) -> None:
     """--max-span-width: answers up to that many wordpieces become trainable (narrower ones only before), the
     saved reader_config.json carries the width, and resuming needs the same width (it changes the data order);
     a checkpoint written before the option existed resumes as width 0 (the reader's own)."""
@@ -244,5 +244,8 @@ def test_max_span_width_trains_wider_answers_and_is_saved(tmp_path, tok) -> None
     del state["args"]["max_span_width"]  # as written before the option existed
     torch.save(state, state_path)
     main([*common, "--out", str(tmp_path / "w0"), "--resume"])
+    capsys.readouterr()
     with pytest.raises(SystemExit):
         main([*common, "--max-span-width", "-1", "--out", str(tmp_path / "neg")])
+    assert "--max-span-width must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "neg").exists()  # refused before anything is written
