@@ -20,11 +20,17 @@ Warm start and resumption:
   run reads the same batches, and with ``--max-minutes 0`` it reaches the same weights as an uninterrupted run.
   ``--max-steps`` ends a run after that many steps of this invocation (a slice; the schedule still spans all
   steps).
+
+Device and precision: ``--device auto`` trains on the GPU that torch sees (``cuda``), else on the CPU; ``--amp
+auto`` runs the forward pass under bf16 autocast on CUDA and in fp32 on the CPU. The weights, AdamW's moments,
+the loss (a log-sum-exp over all span logits, in fp32) and every checkpoint stay fp32 either way, and a
+checkpoint resumes on either device (the device and autocast are not part of the data order).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -41,7 +47,7 @@ from realm_core.checkpoint import load_mapped, load_safetensors, save_safetensor
 from realm_core.evaluation import exact_match, f1_score
 from realm_core.qa import BeamBlock, answer, read_beams
 from realm_core.reader import ReaderConfig, SpanReader, marginal_log_likelihood, reader_config_from_dict
-from realm_core.reader_data import build_examples, collate, load_squad, split_heldout, training_order
+from realm_core.reader_data import Example, build_examples, collate, load_squad, split_heldout, training_order
 from realm_core.tokenizer import Pieces, WordPieceTokenizer
 
 log = logging.getLogger(__name__)
@@ -91,6 +97,50 @@ ORDER_ARGS = ("seed", "heldout_questions", "max_questions", "seen_questions", "e
               "max_span_width")
 
 
+def train_device(name: str) -> torch.device:
+    """The device ``--device NAME`` trains on: ``auto`` is ``cuda`` when torch sees a GPU, else ``cpu``.
+
+    Raises:
+        SystemExit: ``NAME`` is not a torch device, or names CUDA where torch sees no GPU.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise SystemExit(f"realmqa train-reader: --device {name!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"realmqa train-reader: --device {name!r}: torch sees no CUDA GPU "
+                         f"(torch {torch.__version__}); use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise SystemExit(f"realmqa train-reader: --device {name!r}: only cpu and cuda are supported")
+    return dev
+
+
+def autocast_dtype(amp: str, dev: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--amp``: ``auto`` is bf16 on CUDA and none (fp32) on the CPU."""
+    if amp == "auto":
+        return torch.bfloat16 if dev.type == "cuda" else None
+    return torch.bfloat16 if amp == "bf16" else None
+
+
+def batch_loss(reader: SpanReader, tok: WordPieceTokenizer, batch: list[Example], reader_seq_len: int,
+               amp: torch.dtype | None) -> torch.Tensor:
+    """() the training loss of one batch: REALM's marginal log-likelihood (:func:`marginal_log_likelihood`) over
+    each question's rows (questions × blocks, ≤ ``reader_seq_len`` tokens) on the reader's device, the forward
+    pass under ``amp`` autocast (None: fp32), the log-sum-exp in fp32.
+
+    Raises:
+        ValueError: the questions read different numbers of blocks (:func:`collate`).
+    """
+    dev = next(reader.parameters()).device
+    inputs, correct = collate(tok, batch, reader_seq_len, reader.config.max_span_width)
+    inputs = {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}
+    with torch.autocast(dev.type, dtype=amp) if amp else contextlib.nullcontext():
+        logits, _, _ = reader(**inputs)
+    return marginal_log_likelihood(logits.float().view(len(batch), -1), correct.to(dev).view(len(batch), -1))
+
+
 def save_checkpoint(out: Path, reader: SpanReader, opt: torch.optim.Optimizer, sched: Any, step: int,
                     elapsed_s: float, args: dict[str, Any], questions: int) -> None:
     """Publish ``out/checkpoint/``: fp32 reader files for evaluation, ``progress.json``, and last (the file
@@ -105,6 +155,8 @@ def save_checkpoint(out: Path, reader: SpanReader, opt: torch.optim.Optimizer, s
         "step": step,
         "elapsed_s": elapsed_s,
         "torch_rng": torch.get_rng_state(),
+        # dropout masks on a GPU come from its own generator
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
         "args": {k: args[k] for k in ORDER_ARGS},
     }
     publish_file(ck / "train_state.pt", lambda tmp: torch.save(state, tmp))
@@ -119,7 +171,7 @@ def load_checkpoint(out: Path, args: dict[str, Any]) -> dict[str, Any]:
     path = out / "checkpoint" / "train_state.pt"
     if not path.is_file():
         raise SystemExit(f"realmqa train-reader: --resume: no {path}")
-    st: dict[str, Any] = torch.load(path, weights_only=False)
+    st: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)  # any device resumes
     # an argument added after the checkpoint was written: the run behaved as that argument's default does
     saved = {k: st["args"].get(k, parser().get_default(k)) for k in ORDER_ARGS}
     diff = {k: (saved[k], args[k]) for k in ORDER_ARGS if saved[k] != args[k]}
@@ -165,7 +217,7 @@ def evaluate_gold(
 
 def save_reader(reader: SpanReader, out: Path, dtype: torch.dtype) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to(dtype) for k, v in reader.state_dict().items()}
+    tensors = {k: v.detach().to("cpu", dtype) for k, v in reader.state_dict().items()}
     save_safetensors_atomic(tensors, out / "reader.safetensors")
     write_atomic(out / "reader_config.json", json.dumps(dataclasses.asdict(reader.config), indent=2))
 
@@ -202,6 +254,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-span-width", type=int, default=0,
                    help="widest answer span in wordpieces, trained and saved in reader_config.json (0: the "
                    "--init-reader's, or REALM's 10 for a fresh head); questions whose answer is wider are skipped")
+    p.add_argument("--device", default="auto",
+                   help="where to train: auto (cuda when torch sees a GPU, else cpu), cpu, cuda or cuda:N")
+    p.add_argument("--amp", choices=("auto", "bf16", "none"), default="auto",
+                   help="autocast of the forward pass: auto (bf16 on CUDA, none on the CPU), bf16 or none")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200, help="steps between checkpoints")
     return p
@@ -217,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
+    dev = train_device(a.device)
+    amp = autocast_dtype(a.amp, dev)
     torch.manual_seed(a.seed)
     out = Path(a.out)
     state = load_checkpoint(out, vars(a)) if a.resume else None
@@ -244,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
         examples = examples[: a.max_questions]
     steps = math.ceil(len(examples) * a.epochs / a.batch_size)
     log.info("train %d questions (%d held-out articles), %d steps", len(examples), len(held_arts), steps)
+    log.info("device %s, autocast %s", dev, amp or "none (fp32)")
+    reader.to(dev)
     opt = torch.optim.AdamW(reader.parameters(), lr=a.lr, weight_decay=0.01)
     warm = max(1, int(steps * a.warmup))
     start = 0
@@ -266,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])  # dropout masks continue as they would have
+        if dev.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         log.info("resumed from %s at step %d (%.0f s trained)", out / "checkpoint", start, elapsed0)
     done = start
 
@@ -280,9 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(start, steps):
         i = (step * a.batch_size) % len(examples)
         batch = examples[i : i + a.batch_size]
-        inputs, correct = collate(tok, batch, a.reader_seq_len, cfg.max_span_width)
-        logits, _, _ = reader(**inputs)
-        loss = marginal_log_likelihood(logits.view(len(batch), -1), correct.view(len(batch), -1))
+        loss = batch_loss(reader, tok, batch, a.reader_seq_len, amp)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(reader.parameters(), 1.0)
@@ -313,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     save_reader(reader, out, torch.float16)
     tok.save(out)
     # Evaluate what is shipped: the fp16 weights, loaded back in fp32.
-    shipped = load_reader(out)
+    shipped = load_reader(out).to(dev)
     scores = evaluate_gold(shipped, tok, held_arts, a.reader_seq_len, a.max_question_tokens)
     report = {
         "steps": done,

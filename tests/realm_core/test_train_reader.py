@@ -249,3 +249,92 @@ def test_max_span_width_trains_wider_answers_and_is_saved(tmp_path, tok, capsys)
         main([*common, "--max-span-width", "-1", "--out", str(tmp_path / "neg")])
     assert "--max-span-width must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "neg").exists()  # refused before anything is written
+
+
+def test_bf16_autocast_trains_keeps_fp32_state_and_resumes_without_it(tmp_path, tok) -> None:
+    """--amp bf16 (what CUDA gets by default), on the CPU: a batch's loss is within bf16's rounding of the fp32
+    loss (and not equal to it: autocast ran), the checkpoint and AdamW's moments stay fp32, and the run resumes
+    with --amp none (autocast is not part of the data order) to a reader that moved from the initial one."""
+    import json
+
+    import torch
+
+    from realm_core.checkpoint import load_safetensors
+    from realm_core.reader_data import build_examples
+    from realm_core.train_reader import batch_loss, load_reader, main
+
+    init = tmp_path / "init"
+    reader = _tiny_reader_dir(init, tok)
+    reader.eval()  # no dropout: the two losses read the same network
+    examples = build_examples(tok, ARTICLES[:1], reader.config, 96, 16, negatives=1, seed=0)
+    with torch.no_grad():
+        exact = batch_loss(reader, tok, examples, 96, None)
+        approx = batch_loss(reader, tok, examples, 96, torch.bfloat16)
+    assert exact.dtype == approx.dtype == torch.float32 and float(exact) > 0
+    assert float(approx) == pytest.approx(float(exact), rel=2e-2) and float(approx) != float(exact)
+
+    squad = _squad_file(tmp_path / "squad.json")
+    common = ["--squad", str(squad), "--init-reader", str(init), "--seed", "5", "--heldout-questions", "1",
+              "--batch-size", "4", "--negatives", "1", "--lr", "0.003", "--warmup", "0.2", "--save-every", "4",
+              "--reader-seq-len", "96", "--max-question-tokens", "16", "--threads", "1", "--device", "cpu",
+              "--out", str(tmp_path / "o")]
+    main([*common, "--amp", "bf16", "--max-steps", "2"])
+    state = torch.load(tmp_path / "o" / "checkpoint" / "train_state.pt", weights_only=False)
+    assert {v.dtype for v in state["reader"].values()} == {torch.float32}
+    moments = [t for s in state["optimizer"]["state"].values() for t in s.values() if t.dim() > 0]
+    assert moments and {t.dtype for t in moments} == {torch.float32}
+    assert state["cuda_rng"] is None  # no GPU generator was used
+    main([*common, "--amp", "none", "--resume"])
+    report = json.loads((tmp_path / "o" / "train_report.json").read_text())
+    assert report["steps"] > 2 and 0 <= report["heldout"]["em"] <= 100
+    trained, start = load_reader(tmp_path / "o"), load_safetensors(init / "reader.safetensors")
+    assert not all(torch.equal(v, start[k].float()) for k, v in trained.state_dict().items())
+
+
+def test_device_is_checked_before_anything_is_written(tmp_path, tok) -> None:
+    """--device names a torch device; CUDA without a GPU and other device types are refused by field."""
+    import torch
+
+    from realm_core.train_reader import autocast_dtype, train_device
+
+    assert train_device("cpu") == torch.device("cpu")
+    assert train_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("none", torch.device("cuda")) is None
+    with pytest.raises(SystemExit, match="--device 'tpu'"):
+        train_device("tpu")
+    with pytest.raises(SystemExit, match="--device 'meta'.*only cpu and cuda"):
+        train_device("meta")
+    if not torch.cuda.is_available():
+        from realm_core.train_reader import main
+
+        with pytest.raises(SystemExit, match="--device 'cuda'.*no CUDA GPU"):
+            main(["--squad", "x.json", "--init-reader", "x", "--out", str(tmp_path / "o"), "--device", "cuda"])
+        assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.gpu
+def test_cuda_run_resumes_on_the_cpu(tmp_path, tok) -> None:
+    """On a GPU: 2 steps in bf16 on CUDA, then --resume on the CPU in fp32 to the end; the weights moved, the
+    checkpoint was written from the GPU with its generator state and reads back on the CPU."""
+    import json
+
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False)")
+    from realm_core.train_reader import main
+
+    init = tmp_path / "init"
+    _tiny_reader_dir(init, tok)
+    squad = _squad_file(tmp_path / "squad.json")
+    common = ["--squad", str(squad), "--init-reader", str(init), "--seed", "5", "--heldout-questions", "1",
+              "--batch-size", "4", "--negatives", "1", "--lr", "0.003", "--reader-seq-len", "96",
+              "--max-question-tokens", "16", "--out", str(tmp_path / "o")]
+    main([*common, "--device", "cuda", "--max-steps", "2"])
+    state = torch.load(tmp_path / "o" / "checkpoint" / "train_state.pt", map_location="cpu", weights_only=False)
+    assert state["cuda_rng"] is not None and state["step"] == 2
+    assert {v.dtype for v in state["reader"].values()} == {torch.float32}  # bf16 autocast, fp32 weights
+    main([*common, "--device", "cpu", "--resume"])
+    assert json.loads((tmp_path / "o" / "train_report.json").read_text())["steps"] > 2
