@@ -21,6 +21,11 @@ Warm start and resumption:
   ``--max-steps`` ends a run after that many steps of this invocation (a slice; the schedule still spans all
   steps).
 
+Publishing: ``--publish HOME/models/NAME/VERSION`` (a model version directory) publishes the trained reader
+as the next version of NAME in that home (:func:`publish_reader`) once training and evaluation end; that
+version's other files are kept, its int8 calibration is dropped (it belongs to the old weights: run ``realmqa
+calibrate-int8`` on the new version), and model.json's card records the run.
+
 Device and precision: ``--device auto`` trains on the GPU that torch sees (``cuda``), else on the CPU; ``--amp
 auto`` runs the forward pass under bf16 autocast on CUDA and in fp32 on the CPU. The weights, AdamW's moments,
 the loss (a log-sum-exp over all span logits, in fp32) and every checkpoint stay fp32 either way, and a
@@ -32,9 +37,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,7 @@ from realm_core.atomic import publish_file, write_atomic
 from realm_core.bert import BertConfig, init_weights
 from realm_core.checkpoint import load_mapped, load_safetensors, save_safetensors_atomic
 from realm_core.evaluation import exact_match, f1_score
+from realm_core.model_spec import ModelDirError, ModelSpec, publish_model_version
 from realm_core.qa import BeamBlock, answer, read_beams
 from realm_core.reader import ReaderConfig, SpanReader, marginal_log_likelihood, reader_config_from_dict
 from realm_core.reader_data import Example, build_examples, collate, load_squad, split_heldout, training_order
@@ -222,6 +230,71 @@ def save_reader(reader: SpanReader, out: Path, dtype: torch.dtype) -> None:
     write_atomic(out / "reader_config.json", json.dumps(dataclasses.asdict(reader.config), indent=2))
 
 
+def publish_base(path: str | Path) -> ModelSpec:
+    """The model.json of the version ``--publish`` names.
+
+    Raises:
+        SystemExit: naming ``--publish``: no readable model.json, or not a realmqa model (a ``realm-hf`` model
+            keeps Hugging Face's reader layout).
+    """
+    try:
+        spec = ModelSpec.read(path)
+    except (ModelDirError, OSError) as e:
+        raise SystemExit(f"realmqa train-reader: --publish {path}: {e}") from None
+    if spec.kind != "realmqa":
+        raise SystemExit(f"realmqa train-reader: --publish {path}: model kind {spec.kind!r}; only 'realmqa' models "
+                         "take a trained reader")
+    return spec
+
+
+def _copy_from(src: Path, dst: str) -> None:
+    shutil.copyfile(src, dst)
+
+
+def publish_reader(base: Path, out: Path, report: dict[str, Any]) -> Path:
+    """Publish ``out``'s reader (``reader.safetensors``, ``reader_config.json``, ``tokenizer.json``) as the next
+    version of the model whose version directory is ``base`` (``HOME/models/NAME/VERSION``;
+    :func:`realm_core.model_spec.publish_model_version`): the base's files but its reader's, its int8 calibration
+    file and its ``MODEL_CARD.md`` (both describe the old weights); model.json the base's with ``precision``
+    fp32 where it was int8 and the int8 fields reset, and ``card.reader`` describing ``report`` (a
+    ``train_report.json``). Returns the version directory.
+
+    Raises:
+        ModelDirError: the base's model.json is malformed; OSError: a file cannot be read or no version number
+            could be taken in 8 tries.
+    """
+    spec = ModelSpec.read(base)
+    tok_dir = Path(spec.reader.tokenizer)
+    targets = {
+        "reader.safetensors": Path(spec.reader.weights),
+        "reader_config.json": Path(spec.reader.config),
+        "tokenizer.json": tok_dir / "tokenizer.json",
+    }
+    leave = {t.parts[0] for t in targets.values()} | {"MODEL_CARD.md"}
+    if spec.int8_smoothing is not None:
+        leave.add(Path(spec.int8_smoothing.calibration).parts[0])
+    heldout = report["heldout"]
+    a = report["args"]
+    card = (f"realmqa train-reader from {a.get('init_reader') or a.get('backbone')}: {report['steps']} steps, "
+            f"{report['questions_seen']} questions seen of {report['train_questions']} trainable (seed {a['seed']}, "
+            f"max span width {json.loads((out / 'reader_config.json').read_text())['max_span_width']}); "
+            f"held-out gold-paragraph EM {heldout['em']:.2f} / F1 {heldout['f1']:.2f} on "
+            f"{int(heldout['questions'])} questions")
+
+    def write(staging: Path, old: ModelSpec) -> ModelSpec:
+        from realm_core.atomic import publish_file
+
+        for src, dst in targets.items():
+            (staging / dst).parent.mkdir(parents=True, exist_ok=True)
+            publish_file(staging / dst, functools.partial(_copy_from, out / src))
+        card_fields = {k: v for k, v in old.card.items() if k != "int8_calibration"}
+        return dataclasses.replace(old, precision="fp32" if old.precision == "int8" else old.precision,
+                                   int8_smoothing=None, int8_fp32_layers=None, int8_activations="dynamic",
+                                   int8_outlier_channels=0, card={**card_fields, "reader": card})
+
+    return publish_model_version(base, base.parent.parent, base.parent.name, leave, write)
+
+
 def parser() -> argparse.ArgumentParser:
     """``realmqa train-reader``'s arguments."""
     p = argparse.ArgumentParser(prog="realmqa train-reader", description=__doc__,
@@ -254,6 +327,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-span-width", type=int, default=0,
                    help="widest answer span in wordpieces, trained and saved in reader_config.json (0: the "
                    "--init-reader's, or REALM's 10 for a fresh head); questions whose answer is wider are skipped")
+    p.add_argument("--publish", metavar="HOME/models/NAME/VERSION",
+                   help="publish the trained reader as the next version of that model (its other files kept, "
+                   "its int8 calibration dropped)")
     p.add_argument("--device", default="auto",
                    help="where to train: auto (cuda when torch sees a GPU, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=("auto", "bf16", "none"), default="auto",
@@ -273,6 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.publish:
+        publish_base(a.publish)
     dev = train_device(a.device)
     amp = autocast_dtype(a.amp, dev)
     torch.manual_seed(a.seed)
@@ -383,8 +461,11 @@ def main(argv: list[str] | None = None) -> None:
         "heldout": scores,
         "args": vars(a),
     }
-    write_atomic(out / "train_report.json", json.dumps(report, indent=2))
     log.info("held-out gold-paragraph EM %.2f F1 %.2f on %d questions", scores["em"], scores["f1"], scores["questions"])
+    if a.publish:
+        report["published"] = str(publish_reader(Path(a.publish), out, report))
+        log.info("published %s (fp32; run realmqa calibrate-int8 on it for int8)", report["published"])
+    write_atomic(out / "train_report.json", json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

