@@ -276,7 +276,7 @@ def publish_reader(base: Path, out: Path, report: dict[str, Any]) -> Path:
     heldout = report["heldout"]
     a = report["args"]
     card = (f"realmqa train-reader from {a.get('init_reader') or a.get('backbone')}: {report['steps']} steps, "
-            f"{report['questions_seen']} questions seen of {report['train_questions']} trainable (seed {a['seed']}, "
+            f"{report['questions_seen']} questions seen ({report['train_questions']} in the run; seed {a['seed']}, "
             f"max span width {json.loads((out / 'reader_config.json').read_text())['max_span_width']}); "
             f"held-out gold-paragraph EM {heldout['em']:.2f} / F1 {heldout['f1']:.2f} on "
             f"{int(heldout['questions'])} questions")
