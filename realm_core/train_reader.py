@@ -282,8 +282,6 @@ def publish_reader(base: Path, out: Path, report: dict[str, Any]) -> Path:
             f"{int(heldout['questions'])} questions")
 
     def write(staging: Path, old: ModelSpec) -> ModelSpec:
-        from realm_core.atomic import publish_file
-
         for src, dst in targets.items():
             (staging / dst).parent.mkdir(parents=True, exist_ok=True)
             publish_file(staging / dst, functools.partial(_copy_from, out / src))
