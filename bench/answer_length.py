@@ -1,0 +1,57 @@
+"""Gold-paragraph EM/F1 of model versions' readers (fp32) on the held-out questions, by the answer's length in
+wordpieces (bench/README "Answer span width"): a reader scores spans of at most ``max_span_width`` wordpieces
+(``reader_config.json``; REALM's 10), so longer answers can only be matched in part. Not a timing::
+
+    python bench/answer_length.py --model minilm-squad/7 minilm-squad/8
+
+Each question is read with its gold paragraph alone and no relevance score
+(``realm_core.train_reader.evaluate_gold``, the trainer's own report, on subsets of the held-out file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BUCKETS = (("all", 0, 10**9), ("<= 10", 0, 10), ("11-20", 11, 20), ("> 20", 21, 10**9))
+
+
+def main() -> None:
+    import torch
+
+    from realm_core.tokenizer import WordPieceTokenizer
+    from realm_core.train_reader import evaluate_gold, load_reader
+    from service.settings import BUNDLED_HOME
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--home", type=Path, default=BUNDLED_HOME, help="home of the models (default: the bundled one)")
+    ap.add_argument("--model", nargs="+", required=True, help="name/version of each model to evaluate")
+    ap.add_argument("--heldout", type=Path, default=BUNDLED_HOME / "heldout" / "squad-train-heldout.json")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    held = json.loads(a.heldout.read_text())["data"]
+    print(f"{'model':>16} {'width':>5} {'answer':>6} {'questions':>9} {'EM':>6} {'F1':>6}")
+    for ref in a.model:
+        d = a.home / "models" / ref
+        reader, tok = load_reader(d), WordPieceTokenizer.from_dir(d)
+        spec = json.loads((d / "model.json").read_text())
+        for name, lo, hi in BUCKETS:
+            def keep(qa: dict[str, Any], lo: int = lo, hi: int = hi) -> bool:
+                return lo <= len(tok.pieces([qa["answers"][0]["text"]])[0].ids) <= hi
+
+            arts = [{**art, "paragraphs": [{**p, "qas": [q for q in p["qas"] if keep(q)]} for p in art["paragraphs"]]}
+                    for art in held]
+            s = evaluate_gold(reader, tok, arts, spec["reader_seq_len"], spec["max_question_tokens"])
+            print(f"{ref:>16} {reader.config.max_span_width:>5} {name:>6} {int(s['questions']):>9} "
+                  f"{s['em']:>6.2f} {s['f1']:>6.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
