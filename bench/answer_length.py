@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,12 +41,11 @@ def main() -> None:
         d = a.home / "models" / ref
         reader, tok = load_reader(d), WordPieceTokenizer.from_dir(d)
         spec = json.loads((d / "model.json").read_text())
+        pieces = {qa["id"]: len(tok.pieces([qa["answers"][0]["text"]])[0].ids)
+                  for art in held for p in art["paragraphs"] for qa in p["qas"]}
         for name, lo, hi in BUCKETS:
-            def keep(qa: dict[str, Any], lo: int = lo, hi: int = hi) -> bool:
-                return lo <= len(tok.pieces([qa["answers"][0]["text"]])[0].ids) <= hi
-
-            arts = [{**art, "paragraphs": [{**p, "qas": [q for q in p["qas"] if keep(q)]} for p in art["paragraphs"]]}
-                    for art in held]
+            arts = [{**art, "paragraphs": [{**p, "qas": [q for q in p["qas"] if lo <= pieces[q["id"]] <= hi]}
+                                           for p in art["paragraphs"]]} for art in held]
             s = evaluate_gold(reader, tok, arts, spec["reader_seq_len"], spec["max_question_tokens"])
             print(f"{ref:>16} {reader.config.max_span_width:>5} {name:>6} {int(s['questions']):>9} "
                   f"{s['em']:>6.2f} {s['f1']:>6.2f}", flush=True)
