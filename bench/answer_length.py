@@ -23,6 +23,7 @@ BUCKETS = (("all", 0, 10**9), ("<= 10", 0, 10), ("11-20", 11, 20), ("> 20", 21, 
 def main() -> None:
     import torch
 
+    from realm_core.model_spec import ModelSpec
     from realm_core.tokenizer import WordPieceTokenizer
     from realm_core.train_reader import evaluate_gold, load_reader
     from service.settings import BUNDLED_HOME
@@ -40,13 +41,13 @@ def main() -> None:
     for ref in a.model:
         d = a.home / "models" / ref
         reader, tok = load_reader(d), WordPieceTokenizer.from_dir(d)
-        spec = json.loads((d / "model.json").read_text())
+        spec = ModelSpec.read(d)
         pieces = {qa["id"]: len(tok.pieces([qa["answers"][0]["text"]])[0].ids)
                   for art in held for p in art["paragraphs"] for qa in p["qas"]}
         for name, lo, hi in BUCKETS:
             arts = [{**art, "paragraphs": [{**p, "qas": [q for q in p["qas"] if lo <= pieces[q["id"]] <= hi]}
                                            for p in art["paragraphs"]]} for art in held]
-            s = evaluate_gold(reader, tok, arts, spec["reader_seq_len"], spec["max_question_tokens"])
+            s = evaluate_gold(reader, tok, arts, spec.reader_seq_len, spec.max_question_tokens)
             print(f"{ref:>16} {reader.config.max_span_width:>5} {name:>6} {int(s['questions']):>9} "
                   f"{s['em']:>6.2f} {s['f1']:>6.2f}", flush=True)
 

@@ -230,20 +230,17 @@ def save_reader(reader: SpanReader, out: Path, dtype: torch.dtype) -> None:
     write_atomic(out / "reader_config.json", json.dumps(dataclasses.asdict(reader.config), indent=2))
 
 
-def publish_base(path: str | Path) -> ModelSpec:
-    """The model.json of the version ``--publish`` names.
+def publishable_base(base: str | Path) -> ModelSpec:
+    """The model.json of a model version that can take a trained reader (:func:`publish_reader`).
 
     Raises:
-        SystemExit: naming ``--publish``: no readable model.json, or not a realmqa model (a ``realm-hf`` model
-            keeps Hugging Face's reader layout).
+        ModelDirError: no readable model.json, or not a ``realmqa`` model (a ``realm-hf`` model keeps Hugging
+            Face's reader layout); OSError: it cannot be read.
     """
-    try:
-        spec = ModelSpec.read(path)
-    except (ModelDirError, OSError) as e:
-        raise SystemExit(f"realmqa train-reader: --publish {path}: {e}") from None
+    spec = ModelSpec.read(base)
     if spec.kind != "realmqa":
-        raise SystemExit(f"realmqa train-reader: --publish {path}: model kind {spec.kind!r}; only 'realmqa' models "
-                         "take a trained reader")
+        raise ModelDirError(f"{Path(base) / 'model.json'}: model kind {spec.kind!r}; only 'realmqa' models take a "
+                            "trained reader")
     return spec
 
 
@@ -260,10 +257,10 @@ def publish_reader(base: Path, out: Path, report: dict[str, Any]) -> Path:
     ``train_report.json``). Returns the version directory.
 
     Raises:
-        ModelDirError: the base's model.json is malformed; OSError: a file cannot be read or no version number
-            could be taken in 8 tries.
+        ModelDirError: the base's model.json is malformed or not a realmqa model's (:func:`publishable_base`);
+            OSError: a file cannot be read or no version number could be taken in 8 tries.
     """
-    spec = ModelSpec.read(base)
+    spec = publishable_base(base)
     tok_dir = Path(spec.reader.tokenizer)
     targets = {
         "reader.safetensors": Path(spec.reader.weights),
@@ -347,8 +344,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.publish:
-        publish_base(a.publish)
+    if a.publish:  # refused before training, not after it
+        try:
+            publishable_base(a.publish)
+        except (ModelDirError, OSError) as e:
+            raise SystemExit(f"realmqa train-reader: --publish {a.publish}: {e}") from None
     dev = train_device(a.device)
     amp = autocast_dtype(a.amp, dev)
     torch.manual_seed(a.seed)

@@ -298,7 +298,6 @@ def test_device_is_checked_before_anything_is_written(tmp_path, tok) -> None:
     from realm_core.train_reader import autocast_dtype, train_device
 
     assert train_device("cpu") == torch.device("cpu")
-    assert train_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
     assert autocast_dtype("auto", torch.device("cpu")) is None
     assert autocast_dtype("none", torch.device("cuda")) is None
@@ -384,3 +383,14 @@ def test_publish_makes_the_trained_reader_the_next_model_version(tmp_path, tok, 
     assert spec.card["embedder"] == "MiniLM" and "int8_calibration" not in spec.card
     assert f"EM {report['heldout']['em']:.2f}" in spec.card["reader"] and "max span width 12" in spec.card["reader"]
     assert ModelSpec.read(base).precision == "int8"  # the base version is untouched
+
+    # called directly (as bench/device/README.md does), a realm-hf base is refused too
+    from realm_core.model_spec import ModelDirError
+    from realm_core.train_reader import publish_reader
+
+    hf = tmp_path / "home" / "models" / "hf" / "1"
+    hf.mkdir(parents=True)
+    ModelSpec.from_dict({**spec.to_dict(), "kind": "realm-hf"}).write(hf)
+    with pytest.raises(ModelDirError, match="kind 'realm-hf'"):
+        publish_reader(hf, tmp_path / "o", report)
+    assert sorted(p.name for p in hf.parent.iterdir()) == ["1"]
