@@ -17,6 +17,7 @@ import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from service.batching import Batcher, BatchLimits
@@ -32,6 +33,7 @@ from service.routes import admin, answer, health, models, page, retrieve
 from service.settings import Settings, build_options
 
 log = logging.getLogger(__name__)
+DOCS_STATIC = "/docs-static"  # Swagger UI and ReDoc files (fastapi-offline), served with the API pages
 
 
 def _error_response(e: ServiceError) -> JSONResponse:
@@ -132,8 +134,10 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             app.state.registry = None
             sys.setswitchinterval(switch_interval_s)
 
-    app = FastAPI(title="realmqa", version="1", lifespan=lifespan,
-                  description="Open-domain question answering in the manner of REALM (Guu et al. 2020).")
+    # /docs (Swagger UI) and /redoc load their scripts and styles from DOCS_STATIC, files of the fastapi-offline
+    # package, not from a CDN: the API pages work on a cluster with no way out to the internet.
+    app = FastAPIOffline(title="realmqa", version="1", lifespan=lifespan, static_url=DOCS_STATIC,
+                         description="Open-domain question answering in the manner of REALM (Guu et al. 2020).")
     app.state.settings = settings
     app.state.registry = registry
     app.state.batcher = batcher

@@ -20,7 +20,7 @@ import pytest
 
 from index.home import Home
 from index.pipeline import build_from_corpus
-from service.app import create_app
+from service.app import DOCS_STATIC, create_app
 from service.client import Client
 from service.registry import Registry, model_versions
 from service.routes.page import FILES, STATIC
@@ -74,6 +74,25 @@ def test_page_fetches_nothing_from_elsewhere_and_inserts_no_html() -> None:
         text = f.read_text()
         assert not re.search(r"(?:src|href|url)\s*[=(]\s*[\"']?(?:https?:)?//", text), f.name
         assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(", text), f.name
+
+
+def test_api_pages_load_their_files_from_the_service(tiny: str) -> None:
+    """/docs and /redoc name no other host: Swagger UI's and ReDoc's files come from the service (fastapi-offline)."""
+    for path, kinds in (("/docs", {"javascript", "css", "png"}), ("/redoc", {"javascript", "png"})):
+        r = httpx.get(tiny + path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), path
+        assert not re.search(r"(?:https?:)?//[a-z]", r.text.replace("http://www.w3.org", "")), path
+        urls = set(re.findall(r"""(?:src|href|url)\s*[=:(]\s*['"](/[^'"]+)['"]""", r.text))
+        assert "/openapi.json" in urls, path
+        seen = set()
+        for u in urls - {"/openapi.json"}:
+            assert u.startswith(DOCS_STATIC + "/"), (path, u)
+            f = httpx.get(tiny + u)
+            assert f.status_code == 200 and len(f.content) > 1000, u
+            seen |= {k for k in kinds if k in f.headers["content-type"]}
+        assert seen == kinds, (path, seen)
+    e = httpx.get(f"{tiny}{DOCS_STATIC}/nope.js")
+    assert e.status_code == 404 and e.json()["error"]["type"] == "not_found"
 
 
 # --- in a real Chromium ---------------------------------------------------------------------------------------
@@ -213,3 +232,27 @@ def test_browser_bundled_default_answers_super_bowl_50(browser: Any) -> None:
             page.screenshot(path=os.environ["REALMQA_SCREENSHOT"], full_page=True)
         assert pg.errors == []
         page.close()
+
+
+@pytest.mark.browser
+def test_browser_api_docs_render_with_no_other_host(browser: Any, tiny: str) -> None:
+    """Swagger UI at /docs renders every operation of the contract while the browser may reach only the service."""
+    page = browser.new_page()
+    elsewhere: list[str] = []
+
+    def only_the_service(route: Any) -> None:
+        if route.request.url.startswith(tiny):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_service)
+    page.goto(tiny + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+    paths = {p.strip("\u200b") for p in page.locator(".opblock-summary-path").all_inner_texts()}
+    schema = httpx.get(tiny + "/openapi.json").json()
+    assert paths == set(schema["paths"]) and {"/answer", "/retrieve"} <= paths
+    assert "realmqa" in page.text_content(".info .title")
+    assert elsewhere == []
+    page.close()
