@@ -165,9 +165,18 @@ def test_stack_answers_and_prometheus_scrapes_it(stack: Stack) -> None:
     up = wait_for('Prometheus up{job="realmqa"}', lambda: prom_query(stack.prometheus, 'up{job="realmqa"} == 1'),
                   timeout_s=90, every_s=2)
     assert up[0]["metric"]["instance"] == "realmqa:8000"
-    rules = httpx.get(f"{stack.prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
-    loaded = [r for g in rules for r in g["rules"]]
-    assert len(loaded) >= 6 and all(r["health"] == "ok" for r in loaded), loaded
+
+    def rules_evaluated() -> list[dict]:
+        # each group is first evaluated within one evaluation_interval (15 s) of loading: health "unknown" until
+        # then, so wait for that rather than read it once; a rule that failed stays "err" and fails below
+        groups = httpx.get(f"{stack.prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        if len(rules) < 6 or any(r["health"] == "unknown" for r in rules):
+            return []
+        return rules
+
+    loaded = wait_for("Prometheus alert rules evaluated", rules_evaluated, timeout_s=60, every_s=2)
+    assert all(r["health"] == "ok" for r in loaded), [(r["name"], r["health"], r.get("lastError")) for r in loaded]
     say(f"Prometheus: up{{job=\"realmqa\"}} = {up[0]['value'][1]}, {len(loaded)} alert rules loaded, health ok")
 
 
