@@ -6,7 +6,7 @@
 #   bash bench/device/slim.sh off                                  # after the last one, before any commit
 #   bash bench/device/slim.sh size                                 # MB that would travel, .device/ included
 #
-# The bundled home (service/default: 8 model versions of ~45 MB, 137 MB of indexes) is ~520 MB of tracked
+# The bundled home (service/default: 9 model versions of ~45 MB, 137 MB of indexes) is ~568 MB of tracked
 # files, and the device tool sends every tracked file. `on` removes service/default from git's index only
 # (the files stay on disk, `git status` shows them as staged deletions) and hides them in .git/info/exclude,
 # then stages into the ignored folder .device/ (.gitignore) what train_reader.sh reads: the SQuAD train file and the reader
