@@ -31,6 +31,7 @@ import resource
 import statistics
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,6 +142,14 @@ def load_questions(path: str | None) -> list[str]:
     return [json.loads(line)["question"] for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def table_row(conc: int, requests: int | str, rate_p50_p90_p99: Sequence[float], errors: int, client_cpu: str,
+              tail: str) -> str:
+    """One line of the table: concurrency, requests (or a label), req/s, p50/p90/p99 ms, errors, client CPU."""
+    rate, p50, p90, p99 = rate_p50_p90_p99
+    return (f"{conc:>5} {requests:>9} {rate:>8.1f} {p50:>8.1f} {p90:>8.1f} {p99:>8.1f} {errors:>7} "
+            f"{client_cpu:>10}  {tail}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default="http://127.0.0.1:8000")
@@ -170,14 +179,13 @@ def main() -> None:
             row = (len(r.latencies) / r.elapsed, statistics.median(ms), percentile(ms, 90), percentile(ms, 99),
                    sum(r.errors.values()))
             rows[c].append(row)
-            print(f"{c:>5} {r.requests:>9} {row[0]:>8.1f} {row[1]:>8.1f} {row[2]:>8.1f} {row[3]:>8.1f} {row[4]:>7} "
-                  f"{r.cpu_s / r.elapsed:>10.2f}  {dict(r.errors) or ''}", flush=True)
+            print(table_row(c, r.requests, row[:4], row[4], f"{r.cpu_s / r.elapsed:.2f}", str(dict(r.errors) or "")),
+                  flush=True)
     if a.rounds > 1:
         for c in levels:
             med = [statistics.median(x[i] for x in rows[c]) for i in range(4)]
             errors = sum(x[4] for x in rows[c])
-            print(f"{c:>5} {'median':>9} {med[0]:>8.1f} {med[1]:>8.1f} {med[2]:>8.1f} {med[3]:>8.1f} {errors:>7}  "
-                  f"{'':>10}  of {a.rounds} rounds (errors: all rounds)", flush=True)
+            print(table_row(c, "median", med, errors, "", f"of {a.rounds} rounds (errors: all rounds)"), flush=True)
 
 
 if __name__ == "__main__":
