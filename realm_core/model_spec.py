@@ -36,6 +36,7 @@ EMBEDDER_FILES: dict[str, tuple[str, ...]] = {
     "realmqa": ("embedder_config.json", "embedder.safetensors"),
 }
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")  # WordPieceTokenizer.from_dir reads the first present
+MODEL_CARD = "MODEL_CARD.md"  # a version's hand-written card: it describes that version alone
 
 
 class ModelDirError(ValueError):
@@ -286,10 +287,12 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 def publish_model_version(base: Path, models_dir: Path, name: str, leave_out: Collection[str],
                           write: Callable[[Path, ModelSpec], ModelSpec]) -> Path:
-    """Publish ``models_dir/name/<next>``: the base version's files except ``leave_out`` (hard-linked where
-    possible: versions are immutable and every file written here is new, replaced into place), the files
-    ``write(staging, base_spec)`` adds and the model.json it returns; staged in a hidden directory and renamed
-    into place. Returns the version directory.
+    """Publish ``models_dir/name/<next>``: the base version's files except ``leave_out`` and its
+    :data:`MODEL_CARD` (hard-linked where possible: versions are immutable and every file written here is new,
+    replaced into place), the files ``write(staging, base_spec)`` adds and the model.json it returns; staged in a
+    hidden directory and renamed into place. The new version's model.json ``card`` says how it was made; the
+    base's card file would describe other weights or settings, so it is never carried over. Returns the version
+    directory.
 
     Raises:
         ModelDirError: the base's model.json is malformed; OSError: no version number could be taken in 8 tries.
@@ -300,7 +303,7 @@ def publish_model_version(base: Path, models_dir: Path, name: str, leave_out: Co
     staging = scratch.path
     try:
         for p in base.iterdir():
-            if p.name == "model.json" or p.name in leave_out:
+            if p.name in ("model.json", MODEL_CARD) or p.name in leave_out:
                 continue
             if p.is_dir():
                 shutil.copytree(p, staging / p.name, copy_function=_link_or_copy, symlinks=True)

@@ -244,17 +244,13 @@ def publishable_base(base: str | Path) -> ModelSpec:
     return spec
 
 
-def _copy_from(src: Path, dst: str) -> None:
-    shutil.copyfile(src, dst)
-
-
 def publish_reader(base: Path, out: Path, report: dict[str, Any]) -> Path:
     """Publish ``out``'s reader (``reader.safetensors``, ``reader_config.json``, ``tokenizer.json``) as the next
     version of the model whose version directory is ``base`` (``HOME/models/NAME/VERSION``;
-    :func:`realm_core.model_spec.publish_model_version`): the base's files but its reader's, its int8 calibration
-    file and its ``MODEL_CARD.md`` (both describe the old weights); model.json the base's with ``precision``
-    fp32 where it was int8 and the int8 fields reset, and ``card.reader`` describing ``report`` (a
-    ``train_report.json``). Returns the version directory.
+    :func:`realm_core.model_spec.publish_model_version`, which never carries a ``MODEL_CARD.md`` over): the
+    base's files but its reader's and its int8 calibration file (it belongs to the old weights); model.json the
+    base's with ``precision`` fp32 where it was int8 and the int8 fields reset, and ``card.reader`` describing
+    ``report`` (a ``train_report.json``). Returns the version directory.
 
     Raises:
         ModelDirError: the base's model.json is malformed or not a realmqa model's (:func:`publishable_base`);
@@ -267,7 +263,7 @@ def publish_reader(base: Path, out: Path, report: dict[str, Any]) -> Path:
         "reader_config.json": Path(spec.reader.config),
         "tokenizer.json": tok_dir / "tokenizer.json",
     }
-    leave = {t.parts[0] for t in targets.values()} | {"MODEL_CARD.md"}
+    leave = {t.parts[0] for t in targets.values()}
     if spec.int8_smoothing is not None:
         leave.add(Path(spec.int8_smoothing.calibration).parts[0])
     heldout = report["heldout"]
@@ -281,7 +277,7 @@ def publish_reader(base: Path, out: Path, report: dict[str, Any]) -> Path:
     def write(staging: Path, old: ModelSpec) -> ModelSpec:
         for src, dst in targets.items():
             (staging / dst).parent.mkdir(parents=True, exist_ok=True)
-            publish_file(staging / dst, functools.partial(_copy_from, out / src))
+            publish_file(staging / dst, functools.partial(shutil.copyfile, out / src))
         card_fields = {k: v for k, v in old.card.items() if k != "int8_calibration"}
         return dataclasses.replace(old, precision="fp32" if old.precision == "int8" else old.precision,
                                    int8_smoothing=None, int8_fp32_layers=None, int8_activations="dynamic",

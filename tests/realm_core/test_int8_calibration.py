@@ -324,6 +324,8 @@ def test_calibrate_int8_command_publishes_a_new_version(tmp_path: Path) -> None:
     assert spec.int8_fp32_layers[0] == INT8_FP32_LAYERS[0] and spec.int8_activations == "static"
     assert all(n in spec.card["int8_calibration"] for n in spec.int8_fp32_layers[1:])
     assert (v2 / "reader.safetensors").read_bytes() == (BUNDLED_MODEL / "reader.safetensors").read_bytes()
+    # the base's hand-written card describes the base: not carried into a version it does not describe
+    assert (BUNDLED_MODEL / "MODEL_CARD.md").is_file() and not (v2 / "MODEL_CARD.md").exists()
     m = load_model_dir(v2, "minilm-squad", 2)
     assert m.precision == "int8" and all(x.input_scale is not None for x in m.reader.modules()
                                          if isinstance(x, Int8Linear))
