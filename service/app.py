@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,12 +19,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
+from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException
 
 from service.batching import Batcher, BatchLimits
 from service.body_limit import BodyLimitMiddleware
 from service.errors import BadRequest, InvalidInput, ServiceError, for_status, public_text
-from service.metrics import Metrics, MetricsMiddleware
+from service.metrics import Metrics, MetricsMiddleware, multiprocess_dir
 from service.openapi import openapi_schema
 from service.probes import ProbeMiddleware
 from service.readiness import Readiness
@@ -90,6 +92,12 @@ async def _poll_indexes(registry: Registry, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
+def _shared_threads(workers: int) -> int:
+    """torch threads of one of ``workers`` > 1 worker processes: this process's CPUs divided among them (at
+    least 1); 0 (torch's default) for a single process."""
+    return max(1, len(os.sched_getaffinity(0)) // workers) if workers > 1 else 0
+
+
 def batch_limits(settings: Settings) -> BatchLimits:
     return BatchLimits(settings.max_batch_size, settings.max_batch_tokens, settings.max_queue_delay_ms / 1e3,
                        settings.max_queue_size, settings.retry_after_s)
@@ -108,8 +116,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        if threads := settings.torch_threads or _shared_threads(settings.workers):
+            torch.set_num_threads(threads)
         switch_interval_s = sys.getswitchinterval()
         if settings.switch_interval_ms:
             sys.setswitchinterval(settings.switch_interval_ms / 1e3)
@@ -133,6 +141,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             await batcher.shutdown(settings.shutdown_timeout_s)
             app.state.registry = None
             sys.setswitchinterval(switch_interval_s)
+            if multiprocess_dir() is not None:  # a --workers worker: its live gauges leave the sums
+                multiprocess.mark_process_dead(os.getpid())
 
     # /docs (Swagger UI) and /redoc load their scripts and styles from DOCS_STATIC, files of the fastapi-offline
     # package, not from a CDN: the API pages work on a cluster with no way out to the internet.

@@ -127,6 +127,7 @@ class Batcher:
             raise Overloaded(f"the queue holds {len(self._jobs)} requests, its limit; retry later", param=None,
                              headers={"Retry-After": str(self.limits.retry_after_s)})
         self._jobs.append(job)
+        self._depth_changed()
         assert self._wake is not None
         self._wake.set()
         try:
@@ -145,6 +146,13 @@ class Batcher:
                 self._jobs.remove(job)
             except ValueError:
                 pass
+            self._depth_changed()
+
+    def _depth_changed(self) -> None:
+        """The queue depth gauge follows :meth:`depth` (set here, not at scrape: with ``--workers`` a scrape
+        reaches one worker and the gauge is summed over all of them)."""
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self._jobs))
 
     def _reject(self, reason: str) -> None:
         if self.metrics is not None:
@@ -173,6 +181,7 @@ class Batcher:
                 self._reject("batcher_dead")
                 job.future.set_exception(NotReady("the batcher stopped; the server needs a restart"))
         self._jobs.clear()
+        self._depth_changed()
 
     async def _loop(self) -> None:
         assert self._wake is not None
@@ -219,6 +228,7 @@ class Batcher:
             else:
                 rest.append(job)
         self._jobs = rest
+        self._depth_changed()
         return batch
 
     async def _run(self, batch: list[_Job]) -> None:
@@ -270,6 +280,7 @@ class Batcher:
         if left:
             log.warning("shutdown: %d queued requests answered 503 after %.1f s", len(left), bound_s)
         self._jobs.clear()
+        self._depth_changed()
         if self._task is not None:
             self._task.cancel()
             try:

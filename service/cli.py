@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -69,6 +70,9 @@ def cmd_serve(a: argparse.Namespace) -> None:
 
     configure_logging()  # JSON lines with request ids; our access line replaces uvicorn's
     settings = _flag_settings(a)
+    if settings.workers > 1:
+        _serve_workers(settings)
+        return
     app = create_app(settings)
 
     class Server(uvicorn.Server):
@@ -86,6 +90,50 @@ def cmd_serve(a: argparse.Namespace) -> None:
                             access_log=False,
                             timeout_graceful_shutdown=int(settings.shutdown_timeout_s) + 5)
     Server(config).run()
+
+
+WORKER_SETTINGS_ENV = "REALMQA_WORKER_SETTINGS_JSON"  # the parent's settings, for its --workers processes
+
+
+def _serve_workers(settings: Settings) -> None:
+    """``serve --workers N``: uvicorn's process manager runs N worker processes on one listening socket (the
+    kernel spreads connections over them), restarts one that dies and stops them all on SIGTERM/SIGINT (each
+    finishes its requests, then drains its batcher). Each worker builds its app from the parent's settings
+    (:func:`worker_app`); their metrics go to a directory of prometheus_client's multiprocess mode, removed at
+    exit."""
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    metrics_dir = tempfile.mkdtemp(prefix="realmqa-metrics-")
+    payload = settings.model_dump(mode="json")
+    if settings.admin_token is not None:
+        payload["admin_token"] = settings.admin_token.get_secret_value()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client at import, in each worker
+    os.environ[WORKER_SETTINGS_ENV] = json.dumps(payload)
+    try:
+        uvicorn.run("service.cli:worker_app", factory=True, host=settings.host, port=settings.port,
+                    workers=settings.workers, log_level="info", log_config=None, access_log=False,
+                    timeout_graceful_shutdown=int(settings.shutdown_timeout_s) + 5)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def worker_app() -> Any:
+    """uvicorn's app factory in a ``serve --workers`` process: the app for the settings its parent passed.
+
+    Raises:
+        RuntimeError: called outside such a process (no settings passed).
+    """
+    from service.app import create_app
+    from service.request_log import configure_logging
+
+    payload = os.environ.get(WORKER_SETTINGS_ENV)
+    if payload is None:
+        raise RuntimeError(f"{WORKER_SETTINGS_ENV} is not set: worker_app runs in `realmqa serve --workers N`")
+    configure_logging()
+    return create_app(Settings.model_validate(json.loads(payload)))
 
 
 def _flag_settings(a: argparse.Namespace) -> Settings:

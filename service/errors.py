@@ -76,6 +76,13 @@ class IndexRejected(ServiceError):
     status, type = 409, "index_rejected"
 
 
+class Conflict(ServiceError):
+    """The request cannot be carried out the way this server runs (a model load or unload on a server of
+    several ``--workers``: it would change one worker process and not the others)."""
+
+    status, type = 409, "conflict"
+
+
 class LoadFailed(ServiceError):
     """A model version could not be loaded; whatever served before keeps serving."""
 

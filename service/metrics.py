@@ -3,13 +3,24 @@ so a process — or a test session — can hold many apps), and the ASGI middlew
 
 Names follow Prometheus conventions: durations in ``_seconds``, counters end in ``_total``, one metric per
 quantity with labels for its dimensions.
+
+What is served is read at each scrape (:class:`_ServedCollector`: model and index info, index blocks, running
+builds), so no series outlives what it describes. ``realmqa serve --workers N`` runs N processes: there
+prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the parent before the workers start)
+keeps every counter and histogram in files that any worker's ``/metrics`` sums over all of them, and the two
+gauges that move per request (in flight, queue depth) are summed over live workers (``livesum``); what is
+served is the scraped worker's (every worker follows the same home).
 """
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from index.home import parse_version
@@ -44,16 +55,63 @@ PASS_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _STAGES = {"embed_ms": "embed", "search_ms": "search", "bm25_ms": "bm25", "fuse_ms": "fuse", "read_ms": "read"}
 
 
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus_client's multiprocess mode when this process is a ``--workers`` worker."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class _ServedCollector(Collector):
+    """The served state, read at each scrape from :meth:`Metrics.render`'s arguments: one series per loaded
+    model version and index version (gauges of value 1, the blocks, the version number) and per running index
+    build (blocks embedded so far)."""
+
+    def __init__(self) -> None:
+        self.engines: list[Engine] = []
+        self.builds: tuple[tuple[str, str, int], ...] = ()
+
+    def describe(self) -> list[Metric]:  # the families without samples, so that registering reads nothing
+        return list(self._families([], ()))
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self.engines, self.builds)
+
+    @staticmethod
+    def _families(engines: list[Engine], builds: tuple[tuple[str, str, int], ...]) -> Iterator[Metric]:
+        info = GaugeMetricFamily("realmqa_model_info", "1 for each loaded model version and the index it serves",
+                                 labels=["model", "version", "index", "index_version"])
+        blocks = GaugeMetricFamily("realmqa_index_blocks", "blocks in each index version served",
+                                   labels=["index", "version"])
+        version = GaugeMetricFamily("realmqa_index_version", "index version each loaded model version serves",
+                                    labels=["model", "index"])
+        seen: set[tuple[str, str]] = set()
+        for e in engines:
+            name, _, v = e.model_ref.partition("/")
+            index, _, iv = e.index_ref.partition("/")
+            info.add_metric([name, v, index, iv], 1)
+            if (index, iv) not in seen:
+                seen.add((index, iv))
+                blocks.add_metric([index, iv], e.block_count)
+            if (n := parse_version(iv)) is not None:
+                version.add_metric([e.model_ref, index], n)
+        running = GaugeMetricFamily("realmqa_index_build_blocks", "blocks embedded so far by each running index "
+                                    "build job (the index worker's progress files)", labels=["index", "job"])
+        for index, job, n in builds:
+            running.add_metric([index, job], n)
+        yield from (info, blocks, version, running)
+
+
 class Metrics:
     """Every realmqa metric, registered in its own registry."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._served = _ServedCollector()
         self.requests = Counter("realmqa_requests", "HTTP requests by route and status", ["route", "method", "status"],
                                 registry=r)
         self.request_duration = Histogram("realmqa_request_duration_seconds", "HTTP request latency, arrival to "
                                           "response", ["route"], buckets=TOTAL_BUCKETS, registry=r)
-        self.in_flight = Gauge("realmqa_requests_in_flight", "HTTP requests being handled", registry=r)
+        self.in_flight = Gauge("realmqa_requests_in_flight", "HTTP requests being handled", registry=r,
+                               multiprocess_mode="livesum")
         self.queue_wait = Histogram("realmqa_queue_wait_seconds", "time a request waited in the batch queue",
                                     buckets=QUEUE_BUCKETS, registry=r)
         self.stages = {
@@ -77,13 +135,10 @@ class Metrics:
                                           "pass", ["model"], buckets=PASS_ROWS_BUCKETS, registry=r)
         self.reader_tokens = Counter("realmqa_reader_tokens", "reader tokens computed, by kind (real: rows' own "
                                       "tokens; padding)", ["model", "kind"], registry=r)
-        self.queue_depth = Gauge("realmqa_queue_depth", "requests waiting in the batch queue", registry=r)
+        self.queue_depth = Gauge("realmqa_queue_depth", "requests waiting in the batch queue", registry=r,
+                                 multiprocess_mode="livesum")  # set by the batcher at each change
         self.rejected = Counter("realmqa_rejected_requests", "requests refused or dropped by the batcher",
                                 ["reason"], registry=r)
-        self.model_info = Gauge("realmqa_model_info", "1 for each loaded model version and the index it serves",
-                                ["model", "version", "index", "index_version"], registry=r)
-        self.index_blocks = Gauge("realmqa_index_blocks", "blocks in each index version served",
-                                  ["index", "version"], registry=r)
         self.loads = Counter("realmqa_model_loads", "model version loads by result", ["model", "result"], registry=r)
         self.unloads = Counter("realmqa_model_unloads", "model version unloads", ["model"], registry=r)
         self.swaps = Counter("realmqa_model_swaps", "loads that changed the version a model name serves",
@@ -91,10 +146,13 @@ class Metrics:
         self.index_swaps = Counter("realmqa_index_swaps", "index version activations by index and result "
                                    "(failure: rejected, the old version kept serving)", ["index", "result"],
                                    registry=r)
-        self.build_blocks = Gauge("realmqa_index_build_blocks", "blocks embedded so far by each running index "
-                                  "build job (the index worker's progress files)", ["index", "job"], registry=r)
-        self.index_version = Gauge("realmqa_index_version", "index version each loaded model version serves",
-                                   ["model", "index"], registry=r)
+        r.register(self._served)
+        # the registry /metrics renders: this one, or in a --workers worker every worker's files + what is served
+        self._exposed = r
+        if (d := multiprocess_dir()) is not None:
+            self._exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self._exposed, path=d)
+            self._exposed.register(self._served)
 
     def observe_read(self, model_ref: str, stats: ReadStats) -> None:
         """One engine call's reader passes."""
@@ -119,24 +177,14 @@ class Metrics:
         elif event == "index_swap":
             self.index_swaps.labels(ref.split("/")[0], result).inc()
 
-    def render(self, engines: list[Engine], queue_depth: int, builds: tuple[tuple[str, str, int], ...] = ()) -> bytes:
-        """The Prometheus text format, with the model/index info, queue depth and the running index builds
-        (``(index, job, blocks embedded)``) refreshed first."""
-        self.build_blocks.clear()
-        for index, job, blocks in builds:
-            self.build_blocks.labels(index, job).set(blocks)
-        self.model_info.clear()
-        self.index_blocks.clear()
-        self.index_version.clear()
-        for e in engines:
-            name, _, version = e.model_ref.partition("/")
-            index, _, iversion = e.index_ref.partition("/")
-            self.model_info.labels(name, version, index, iversion).set(1)
-            self.index_blocks.labels(index, iversion).set(e.block_count)
-            if (v := parse_version(iversion)) is not None:
-                self.index_version.labels(e.model_ref, index).set(v)
-        self.queue_depth.set(queue_depth)
-        return generate_latest(self.registry)
+    def render(self, engines: list[Engine], builds: tuple[tuple[str, str, int], ...] = ()) -> bytes:
+        """The Prometheus text format, with what is served now (``engines``) and the running index builds
+        (``(index, job, blocks embedded)``)."""
+        self._served.engines, self._served.builds = list(engines), builds
+        try:
+            return generate_latest(self._exposed)
+        finally:
+            self._served.engines, self._served.builds = [], ()
 
 
 class MetricsMiddleware:

@@ -41,12 +41,17 @@ class Settings(BaseSettings):
     default_model: str | None = Field(None, description="model a request without \"model\" gets; default: the first")
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8000, ge=0, le=65535, description="port to bind")
+    workers: int = Field(
+        1, ge=1, le=64, description="server processes sharing the port, each with its own copy of the models "
+                                    "(memory × N) and batcher; metrics are summed over them; admin model loads "
+                                    "and unloads answer 409 when there are several (bench/README.md, \"Workers\")")
     admin_token: SecretStr | None = Field(
         None, description="bearer token for admin routes; none disables them (environment or config file only, "
                           "never a command-line flag: it would show in ps)")
     admin_token_file: Path | None = Field(
         None, description="file holding the admin token (a mounted secret); read at start, trailing newline dropped")
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default)")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads per worker (0: torch's default, "
+                                                      "or the CPUs divided among the workers when several)")
     switch_interval_ms: float = Field(
         0, ge=0, le=100, description="the interpreter's thread switch interval (sys.setswitchinterval), ms, while "
                                        "serving: how long the engine thread may wait for the GIL after each torch op "

@@ -72,4 +72,4 @@ async def readyz(request: Request) -> dict[str, object]:
 async def metrics(metrics: MetricsDep, registry: RegistryDep, batcher: BatcherDep, settings: SettingsDep) -> Response:
     running = await run_in_threadpool(running_builds, Home(settings.home))  # reads job and progress files
     builds = tuple((b.index, b.job, b.blocks) for b in running)
-    return Response(metrics.render(registry.served(), batcher.depth(), builds), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.render(registry.served(), builds), media_type=CONTENT_TYPE_LATEST)

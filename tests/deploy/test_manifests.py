@@ -45,7 +45,7 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
 
 def exposed_metrics() -> set[str]:
     """The metric families realmqa's /metrics declares (``# TYPE`` lines), before any request."""
-    text = Metrics().render([], 0).decode()
+    text = Metrics().render([]).decode()
     return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
 
 

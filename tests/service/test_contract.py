@@ -128,7 +128,7 @@ def test_openapi_declares_statuses_limits_security_and_metrics(client: TestClien
     want = {("POST", "/answer"): {400, 404, 413, 422, 429, 500, 503, 504},
             ("POST", "/retrieve"): {400, 404, 413, 422, 429, 500, 503, 504},
             ("GET", "/readyz"): {500, 503}, ("GET", "/healthz"): {500, 503},
-            ("POST", "/v1/models/{name}/versions/{version}/load"): {401, 403, 404, 413, 422, 500},
+            ("POST", "/v1/models/{name}/versions/{version}/load"): {401, 403, 404, 409, 413, 422, 500},
             ("POST", "/v1/indexes/{name}/versions/{version}/activate"): {401, 403, 404, 409, 413, 422, 500},
             ("POST", "/v1/indexes/{name}/builds"): {400, 401, 403, 404, 413, 422, 500}}
     for key, statuses in want.items():
