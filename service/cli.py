@@ -97,14 +97,33 @@ WORKER_SETTINGS_ENV = "REALMQA_WORKER_SETTINGS_JSON"  # the parent's settings, f
 
 def _serve_workers(settings: Settings) -> None:
     """``serve --workers N``: uvicorn's process manager runs N worker processes on one listening socket (the
-    kernel spreads connections over them), restarts one that dies and stops them all on SIGTERM/SIGINT (each
+    kernel spreads connections over them), replaces one that dies and stops them all on SIGTERM/SIGINT (each
     finishes its requests, then drains its batcher). Each worker builds its app from the parent's settings
     (:func:`worker_app`); their metrics go to a directory of prometheus_client's multiprocess mode, removed at
-    exit."""
+    exit. Exits with uvicorn's start-failure status (3) when a worker could not start (a bad home, a port in use).
+    """
     import shutil
     import tempfile
 
     import uvicorn
+    from prometheus_client import multiprocess
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    class Workers(Multiprocess):
+        """Marks a worker that died dead for the metrics (its in-flight and queue-depth gauges leave the sums;
+        its counters stay) before uvicorn replaces it."""
+
+        failed_start = False
+
+        def keep_subprocess_alive(self) -> None:
+            before = {p.pid: p for p in self.processes}
+            super().keep_subprocess_alive()
+            for pid, p in before.items():
+                if p not in self.processes or not p.process.is_alive():
+                    if pid is not None:
+                        multiprocess.mark_process_dead(pid, metrics_dir)
+                    self.failed_start |= p.exitcode == STARTUP_FAILURE
 
     metrics_dir = tempfile.mkdtemp(prefix="realmqa-metrics-")
     payload = settings.model_dump(mode="json")
@@ -113,11 +132,15 @@ def _serve_workers(settings: Settings) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client at import, in each worker
     os.environ[WORKER_SETTINGS_ENV] = json.dumps(payload)
     try:
-        uvicorn.run("service.cli:worker_app", factory=True, host=settings.host, port=settings.port,
-                    workers=settings.workers, log_level="info", log_config=None, access_log=False,
-                    timeout_graceful_shutdown=int(settings.shutdown_timeout_s) + 5)
+        config = uvicorn.Config("service.cli:worker_app", factory=True, host=settings.host, port=settings.port,
+                                workers=settings.workers, log_level="info", log_config=None, access_log=False,
+                                timeout_graceful_shutdown=int(settings.shutdown_timeout_s) + 5)
+        supervisor = Workers(config, sockets=[config.bind_socket()])
+        supervisor.run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+    if supervisor.failed_start:
+        sys.exit(STARTUP_FAILURE)
 
 
 def worker_app() -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.registry import load_engine
-from tests.service.serve_process import start_serve
+from tests.service.serve_process import Served, free_port, start_serve
 from tests.service.tiny_home import make_tiny_home, questions
 
 TOKEN = "workers-test-token-0123456789"
@@ -65,7 +66,11 @@ def test_two_workers_answer_as_one_process_and_share_their_metrics(tmp_path: Pat
             assert r.status_code == 409, r.text
             assert r.json()["error"]["type"] == "conflict" and "2 worker processes" in r.json()["error"]["message"]
 
-            # a worker killed outright is replaced; the answers it counted stay in the sums
+            # a worker killed outright is replaced; the answers it counted stay in the sums, its live gauges leave
+            environ = Path(f"/proc/{min(pids)}/environ").read_bytes().split(b"\0")
+            metrics_dir = Path(next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR=")).split(b"=", 1)[1]
+                               .decode())
+            assert (metrics_dir / f"gauge_livesum_{min(pids)}.db").is_file()
             os.kill(min(pids), signal.SIGKILL)
             while not ((now := _workers(proc.pid)) - pids and len(now) == 2
                        and proc.output().count("Application startup complete") >= 3):
@@ -73,10 +78,26 @@ def test_two_workers_answer_as_one_process_and_share_their_metrics(tmp_path: Pat
                 time.sleep(0.2)
             assert c.post("/answer", json={"question": qs[0]}).status_code == 200
             assert {_answered(url)[0] for _ in range(6)} == {len(qs) + 1}
+            assert not (metrics_dir / f"gauge_livesum_{min(pids)}.db").exists()
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) in (0, -signal.SIGTERM)
         assert proc.output().count("Application shutdown complete") >= 2
+        assert not metrics_dir.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_workers_that_cannot_start_stop_the_server_with_status_3(tmp_path: Path) -> None:
+    """A model the home does not have: each worker's start fails, and the parent exits with uvicorn's
+    start-failure status instead of starting them again and again."""
+    home = make_tiny_home(tmp_path / "h", blocks=50)
+    proc = Served([sys.executable, "-m", "service.cli", "serve", "--home", str(home), "--model", "nope", "--port",
+                   str(free_port()), "--workers", "2"], dict(os.environ))
+    try:
+        assert proc.wait(120) == 3, proc.output(tail=20)
     finally:
         if proc.poll() is None:
             proc.kill()
