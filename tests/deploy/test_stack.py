@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy.dashboard import DASHBOARD, evaluate
 
@@ -270,6 +271,38 @@ def test_image_alone_answers_at_once_on_a_read_only_root(stack: Stack) -> None:
                               text=True, check=True).stdout.strip()
         say(f"docker run → first answer {alone_s:.1f} s (read-only root, /data an anonymous volume); "
             f"HEALTHCHECK healthy; docker stop → exit {code}")
+        assert code == "0"
+    finally:
+        subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True, timeout=60)
+
+
+def test_image_with_two_workers_on_a_read_only_root(stack: Stack) -> None:
+    """``REALMQA_WORKERS=2`` in the image: both workers start (their metrics directory under the tmpfs ``/tmp``),
+    the answers are the bundled ones, every scrape counts the answers of both, ``docker stop`` exits 0."""
+    port = free_port()
+    name = f"{stack.project}-workers"
+    subprocess.run(["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", "--read-only",
+                    "--tmpfs", "/tmp", "-e", "REALMQA_WORKERS=2", IMAGE], check=True, capture_output=True, timeout=60)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def started() -> int:
+            logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True, timeout=30)
+            return (logs.stdout + logs.stderr).count("Application startup complete")
+
+        wait_for("two workers started", lambda: started() >= 2, timeout_s=600, every_s=2)
+        for _ in range(4):  # new connections: the kernel spreads them over the workers
+            assert answer(base, 30)["answer"] == "Denver Broncos"
+        counts = set()
+        for _ in range(6):
+            text = httpx.get(base + "/metrics", timeout=10).text
+            counts.add(sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                           if s.name == "realmqa_requests_total" and s.labels.get("route") == "/answer"))
+        assert counts == {4.0}
+        subprocess.run(["docker", "stop", "-t", "30", name], check=True, capture_output=True, timeout=60)
+        code = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", name], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        say(f"docker run -e REALMQA_WORKERS=2 (read-only root): 4 answers, /metrics counts 4 in 6 scrapes; "
+            f"docker stop → exit {code}")
         assert code == "0"
     finally:
         subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True, timeout=60)
