@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,39 +253,46 @@ def test_down_drains_requests_in_flight_and_exits_cleanly(stack: Stack) -> None:
     assert len(exits) == 3 and set(exits.values()) == {"0"}, exits
 
 
+@contextmanager
+def alone(name: str, port: int, *args: str) -> Iterator[str]:
+    """``docker run`` the image alone on a read-only root (``/tmp`` a tmpfs), published on ``port``; yields its
+    URL; the container and its anonymous volume are removed at the end."""
+    subprocess.run(["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", "--read-only",
+                    "--tmpfs", "/tmp", *args, IMAGE], check=True, capture_output=True, timeout=60)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True, timeout=60)
+
+
+def stop(name: str) -> str:
+    """``docker stop`` (30 s of grace) and the container's exit code."""
+    subprocess.run(["docker", "stop", "-t", "30", name], check=True, capture_output=True, timeout=60)
+    return subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", name], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
 def test_image_alone_answers_at_once_on_a_read_only_root(stack: Stack) -> None:
-    port = free_port()
     name = f"{stack.project}-alone"
     t0 = time.monotonic()
-    subprocess.run(["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", "--read-only",
-                    "--tmpfs", "/tmp", IMAGE], check=True, capture_output=True, timeout=60)
-    try:
-        body = wait_for("first answer of the image alone", lambda: answer(f"http://127.0.0.1:{port}", 10),
-                        timeout_s=600)
+    with alone(name, free_port()) as base:
+        body = wait_for("first answer of the image alone", lambda: answer(base, 10), timeout_s=600)
         alone_s = time.monotonic() - t0
         assert body["answer"] == "Denver Broncos"
         wait_for("healthy", lambda: subprocess.run(
             ["docker", "inspect", "-f", "{{.State.Health.Status}}", name], capture_output=True,
             text=True).stdout.strip() == "healthy", timeout_s=120, every_s=2)
-        subprocess.run(["docker", "stop", "-t", "30", name], check=True, capture_output=True, timeout=60)
-        code = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", name], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        say(f"docker run → first answer {alone_s:.1f} s (read-only root, /data an anonymous volume); "
-            f"HEALTHCHECK healthy; docker stop → exit {code}")
-        assert code == "0"
-    finally:
-        subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True, timeout=60)
+        code = stop(name)
+    say(f"docker run → first answer {alone_s:.1f} s (read-only root, /data an anonymous volume); "
+        f"HEALTHCHECK healthy; docker stop → exit {code}")
+    assert code == "0"
 
 
 def test_image_with_two_workers_on_a_read_only_root(stack: Stack) -> None:
     """``REALMQA_WORKERS=2`` in the image: both workers start (their metrics directory under the tmpfs ``/tmp``),
     the answers are the bundled ones, every scrape counts the answers of both, ``docker stop`` exits 0."""
-    port = free_port()
     name = f"{stack.project}-workers"
-    subprocess.run(["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", "--read-only",
-                    "--tmpfs", "/tmp", "-e", "REALMQA_WORKERS=2", IMAGE], check=True, capture_output=True, timeout=60)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with alone(name, free_port(), "-e", "REALMQA_WORKERS=2") as base:
         def started() -> int:
             logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True, timeout=30)
             return (logs.stdout + logs.stderr).count("Application startup complete")
@@ -297,12 +305,7 @@ def test_image_with_two_workers_on_a_read_only_root(stack: Stack) -> None:
             text = httpx.get(base + "/metrics", timeout=10).text
             counts.add(sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
                            if s.name == "realmqa_requests_total" and s.labels.get("route") == "/answer"))
-        assert counts == {4.0}
-        subprocess.run(["docker", "stop", "-t", "30", name], check=True, capture_output=True, timeout=60)
-        code = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", name], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        say(f"docker run -e REALMQA_WORKERS=2 (read-only root): 4 answers, /metrics counts 4 in 6 scrapes; "
-            f"docker stop → exit {code}")
-        assert code == "0"
-    finally:
-        subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True, timeout=60)
+        code = stop(name)
+    say(f"docker run -e REALMQA_WORKERS=2 (read-only root): 4 answers, /metrics counted {sorted(counts)} in 6 "
+        f"scrapes; docker stop → exit {code}")
+    assert counts == {4.0} and code == "0"
