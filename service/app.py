@@ -95,7 +95,10 @@ async def _poll_indexes(registry: Registry, interval_s: float) -> None:
 def _shared_threads(workers: int) -> int:
     """torch threads of one of ``workers`` > 1 worker processes: this process's CPUs divided among them (at
     least 1); 0 (torch's default) for a single process."""
-    return max(1, len(os.sched_getaffinity(0)) // workers) if workers > 1 else 0
+    if workers <= 1:
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // workers)
 
 
 def batch_limits(settings: Settings) -> BatchLimits:
