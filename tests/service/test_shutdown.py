@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.serve_process import start_serve
@@ -26,10 +27,12 @@ def _scrape(url: str) -> dict[str, float]:
     return out
 
 
-def test_sigterm_drains_queued_requests(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_drains_queued_requests(tmp_path: Path, workers: int) -> None:
+    """One process, or ``--workers 2`` (uvicorn's supervisor passes SIGTERM to each worker; metrics summed)."""
     home = make_tiny_home(tmp_path / "h", blocks=300)
     proc, url = start_serve(home, {"REALMQA_MAX_BATCH_SIZE": "1", "REALMQA_SHUTDOWN_TIMEOUT_S": "60",
-                                   "REALMQA_TORCH_THREADS": "1"})
+                                   "REALMQA_TORCH_THREADS": "1", "REALMQA_WORKERS": str(workers)})
     try:
         qs = questions(16)
         deadline = time.time() + 60
