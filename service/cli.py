@@ -126,8 +126,10 @@ def _serve_workers(settings: Settings) -> None:
                     self.failed_start |= p.exitcode == STARTUP_FAILURE
 
     metrics_dir = tempfile.mkdtemp(prefix="realmqa-metrics-")
-    payload = settings.model_dump(mode="json")
-    if settings.admin_token is not None:
+    # the admin token as it was given: its file (the worker reads it; given the token too, it would refuse both) or
+    # the token itself (model_dump writes a SecretStr as stars)
+    payload = settings.model_dump(mode="json", exclude={"admin_token"})
+    if settings.admin_token is not None and settings.admin_token_file is None:
         payload["admin_token"] = settings.admin_token.get_secret_value()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client at import, in each worker
     os.environ[WORKER_SETTINGS_ENV] = json.dumps(payload)
@@ -147,16 +149,24 @@ def worker_app() -> Any:
     """uvicorn's app factory in a ``serve --workers`` process: the app for the settings its parent passed.
 
     Raises:
-        RuntimeError: called outside such a process (no settings passed).
+        SystemExit: uvicorn's start-failure status (3) when the settings are missing or do not validate, so the
+            parent stops instead of starting the worker again and again (uvicorn exits 1 for a factory that raises,
+            and replaces such a worker).
     """
+    from uvicorn.config import STARTUP_FAILURE
+
     from service.app import create_app
     from service.request_log import configure_logging
 
-    payload = os.environ.get(WORKER_SETTINGS_ENV)
-    if payload is None:
-        raise RuntimeError(f"{WORKER_SETTINGS_ENV} is not set: worker_app runs in `realmqa serve --workers N`")
     configure_logging()
-    return create_app(Settings.model_validate(json.loads(payload)))
+    try:
+        # init kwargs, the usual path (over the environment the worker inherited); not model_validate_json,
+        # which runs Settings' after-validators twice, and the token-file one refuses its own result
+        settings = Settings(**json.loads(os.environ[WORKER_SETTINGS_ENV]))
+    except (KeyError, ValueError) as e:  # no settings, not JSON, or not valid (ValidationError is a ValueError)
+        logging.getLogger(__name__).error("a --workers process without valid settings from its parent: %s", e)
+        sys.exit(STARTUP_FAILURE)
+    return create_app(settings)
 
 
 def _flag_settings(a: argparse.Namespace) -> Settings:

@@ -5,6 +5,7 @@ SIGTERM (real processes on a tiny random model, loopback only)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.cli import WORKER_SETTINGS_ENV, worker_app
 from service.registry import load_engine
 from tests.service.serve_process import Served, free_port, start_serve
 from tests.service.tiny_home import make_tiny_home, questions
@@ -34,6 +37,18 @@ def _answered(url: str) -> tuple[float, int]:
     return answered, info
 
 
+def _answered_by(metrics_dir: Path, pid: int, tmp: Path) -> float:
+    """/answer requests answered 200 by worker ``pid`` alone: its own files of the multiprocess directory."""
+    own = tmp / f"only-{pid}"
+    own.mkdir(exist_ok=True)
+    for f in metrics_dir.glob(f"*_{pid}.db"):
+        shutil.copyfile(f, own / f.name)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(own))
+    return sum(s.value for m in registry.collect() for s in m.samples
+               if s.name == "realmqa_requests_total" and s.labels.get("route") == "/answer")
+
+
 def _workers(parent: int) -> set[int]:
     """The worker processes of a ``serve --workers`` parent (multiprocessing's spawned children)."""
     kids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
@@ -46,30 +61,34 @@ def test_two_workers_answer_as_one_process_and_share_their_metrics(tmp_path: Pat
     qs = questions(12)
     engine = load_engine(home, "tiny", build_missing=False)
     expected = {q: a for q, a in zip(qs, engine.answer(qs, 5), strict=True)}
-    proc, url = start_serve(home, {"REALMQA_WORKERS": "2", "REALMQA_ADMIN_TOKEN": TOKEN})
+    (tmp_path / "token").write_text(TOKEN + "\n")  # a mounted secret: the workers get the token, not the file
+    proc, url = start_serve(home, {"REALMQA_WORKERS": "2", "REALMQA_ADMIN_TOKEN_FILE": str(tmp_path / "token")})
     try:
         deadline = time.time() + 60
         while len(pids := _workers(proc.pid)) < 2 or proc.output().count("Application startup complete") < 2:
             assert time.time() < deadline, proc.output(tail=20)
             time.sleep(0.2)
+        environ = Path(f"/proc/{min(pids)}/environ").read_bytes().split(b"\0")
+        metrics_dir = Path(next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR=")).split(b"=", 1)[1]
+                           .decode())
         with httpx.Client(base_url=url, timeout=30) as c:
-            for q in qs:  # a new connection each (the kernel spreads them over the workers)
+            sent = 0
+            while sent < len(qs) or min(_answered_by(metrics_dir, pid, tmp_path) for pid in pids) == 0:
+                q = qs[sent % len(qs)]  # a new connection each: the kernel spreads them over the workers
                 r = httpx.post(url + "/answer", json={"question": q}, timeout=30)
-                assert r.status_code == 200, r.text
+                sent += 1
+                assert r.status_code == 200 and sent < 200, r.text
                 got, want = r.json(), expected[q]
                 assert (got["answer"], got["block"]["id"]) == (want.best.answer, want.best.block.block.id)
                 assert got["score"] == pytest.approx(want.best.score, abs=1e-5)
-            # every scrape, whichever worker answers it, counts the answers of both, and what is served once
-            assert {_answered(url) for _ in range(6)} == {(len(qs), 1)}
+            # both workers answered some; every scrape, whichever worker takes it, counts all, and what is served once
+            assert {_answered(url) for _ in range(6)} == {(sent, 1)}
 
             r = c.post("/v1/models/tiny/versions/1/unload", headers={"Authorization": f"Bearer {TOKEN}"})
             assert r.status_code == 409, r.text
             assert r.json()["error"]["type"] == "conflict" and "2 worker processes" in r.json()["error"]["message"]
 
             # a worker killed outright is replaced; the answers it counted stay in the sums, its live gauges leave
-            environ = Path(f"/proc/{min(pids)}/environ").read_bytes().split(b"\0")
-            metrics_dir = Path(next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR=")).split(b"=", 1)[1]
-                               .decode())
             assert (metrics_dir / f"gauge_livesum_{min(pids)}.db").is_file()
             os.kill(min(pids), signal.SIGKILL)
             while not ((now := _workers(proc.pid)) - pids and len(now) == 2
@@ -77,7 +96,7 @@ def test_two_workers_answer_as_one_process_and_share_their_metrics(tmp_path: Pat
                 assert time.time() < deadline + 60, proc.output(tail=20)
                 time.sleep(0.2)
             assert c.post("/answer", json={"question": qs[0]}).status_code == 200
-            assert {_answered(url)[0] for _ in range(6)} == {len(qs) + 1}
+            assert {_answered(url)[0] for _ in range(6)} == {sent + 1}
             assert not (metrics_dir / f"gauge_livesum_{min(pids)}.db").exists()
 
         proc.send_signal(signal.SIGTERM)
@@ -102,3 +121,17 @@ def test_workers_that_cannot_start_stop_the_server_with_status_3(tmp_path: Path)
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.mark.parametrize("payload", [None, "{", '{"workers": 0}'])
+def test_a_worker_without_valid_settings_exits_with_status_3(monkeypatch: pytest.MonkeyPatch,
+                                                               payload: str | None) -> None:
+    """No settings from the parent, or ones that do not validate: the start-failure status, which stops the
+    parent (uvicorn would replace a worker whose app factory merely raised, forever)."""
+    if payload is None:
+        monkeypatch.delenv(WORKER_SETTINGS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(WORKER_SETTINGS_ENV, payload)
+    with pytest.raises(SystemExit) as e:
+        worker_app()
+    assert e.value.code == 3
