@@ -16,6 +16,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -35,15 +36,19 @@ def one_start(serve_args: list[str], question: str, timeout_s: float) -> tuple[f
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    # the server's log goes to a file: it writes a line per request (each /readyz poll), and a pipe read only at
+    # the end would fill and block it on a slow start
+    log = tempfile.TemporaryFile("w+")
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), *serve_args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
         with httpx.Client(base_url=url, timeout=30) as c:
             ready = None
             while time.monotonic() - t0 < timeout_s:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"realmqa serve exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+                    log.seek(0)
+                    raise RuntimeError(f"realmqa serve exited {proc.returncode}: {log.read()[-2000:]}")
                 try:
                     if ready is None and c.get("/readyz").status_code == 200:
                         ready = time.monotonic() - t0
@@ -58,6 +63,7 @@ def one_start(serve_args: list[str], question: str, timeout_s: float) -> tuple[f
     finally:
         proc.terminate()
         proc.wait(30)
+        log.close()
 
 
 def main() -> None:
